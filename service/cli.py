@@ -1,0 +1,149 @@
+"""`cxr`: one console command, thin. Each subcommand parses flags and calls a programmatic function.
+
+Heavy imports (TensorFlow, uvicorn, pydicom) happen inside the subcommand that needs them, so
+`cxr predict` starts fast and the service installs without the training extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[], Handler]]] = {}
+
+
+def command(
+    name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]
+) -> Callable[[Callable[[], Handler]], Callable[[], Handler]]:
+    """Register a subcommand: `configure` adds its flags; the decorated loader imports its module lazily."""
+
+    def register(loader: Callable[[], Handler]) -> Callable[[], Handler]:
+        _COMMANDS[name] = (help_text, configure, loader)
+        return loader
+
+    return register
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    from service.settings import add_cli_flags
+
+    add_cli_flags(parser)
+
+
+@command("serve", "run the HTTP service (uvicorn) on the model repository", _serve_flags)
+def _serve() -> Handler:
+    from service.server import main
+
+    return main
+
+
+def _predict_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", help="PNG, JPEG or DICOM files")
+    parser.add_argument("--model", help="model name, version directory, or model.onnx path (default: bundled)")
+    parser.add_argument("--format", choices=["table", "jsonl"], default="table")
+    parser.add_argument("--heatmap", metavar="DIR", help="write CAM overlay PNGs into DIR")
+
+
+@command("predict", "classify image files without a server", _predict_flags)
+def _predict() -> Handler:
+    from export.predict import main
+
+    return main
+
+
+def _train_flags(parser: argparse.ArgumentParser) -> None:
+    from export.train import add_flags
+
+    add_flags(parser)
+
+
+@command("train", "train a CNN on a manifest of chest X-rays (needs the [train] extra)", _train_flags)
+def _train() -> Handler:
+    from export.train import main
+
+    return main
+
+
+def _segmenter_flags(parser: argparse.ArgumentParser) -> None:
+    from export.lungseg import add_flags
+
+    add_flags(parser)
+
+
+@command("train-lungseg", "train the small lung segmenter used for lung cropping", _segmenter_flags)
+def _train_segmenter() -> Handler:
+    from export.lungseg import main
+
+    return main
+
+
+def _export_flags(parser: argparse.ArgumentParser) -> None:
+    from export.onnx_export import add_flags
+
+    add_flags(parser)
+
+
+@command("export", "export a trained Keras model to ONNX, verify parity, write the model repository entry", _export_flags)
+def _export() -> Handler:
+    from export.onnx_export import main
+
+    return main
+
+
+def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
+    from export.evaluate import add_flags
+
+    add_flags(parser)
+
+
+@command("evaluate", "evaluate an ONNX model on a manifest (metrics.json, ROC, confusion matrix)", _evaluate_flags)
+def _evaluate() -> Handler:
+    from export.evaluate import main
+
+    return main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxr",
+        description="COVID-19 chest X-ray classifier. RESEARCH USE ONLY: not for diagnosis or triage.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, configure, _) in _COMMANDS.items():
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands whose modules land with later work register here if they are importable."""
+    try:
+        from pacs.cli import add_parser as add_pacs
+    except ImportError:
+        return
+    add_pacs(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command in _COMMANDS:
+        handler = _COMMANDS[args.command][2]()
+    else:
+        handler = args.handler
+    try:
+        return int(handler(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Bytes -> 8-bit grayscale pixels: the first arrow of the data flow, shared by service, CLI and training.
+
+Every image leaves this module as a 2-D `uint8` array whose shorter side is at most `SHORT_SIDE` px,
+produced the way the training PNGs in `shared/data/cxr` were made (shorter side 320 px, INTER_AREA,
+never enlarged). Large JPEGs are decoded in the DCT domain at 1/2, 1/4 or 1/8 scale when that still
+leaves at least `SHORT_SIDE` px, which is 2-3x faster than a full decode (see docs/benchmarks.md).
+
+The pixel limit is checked from the file header before any decode, so a decompression bomb (a tiny PNG
+declaring 50000x50000 pixels) is rejected without allocating its pixels.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+SHORT_SIDE = 320
+"""Shorter side of the training images; every decoded image is brought to this scale (never enlarged)."""
+
+DEFAULT_MAX_PIXELS = 60_000_000
+
+ImageFormat = Literal["png", "jpeg", "dicom"]
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """Grayscale pixels at training scale, plus what the response may say about the source image."""
+
+    pixels: np.ndarray  # uint8, 2-D, shorter side <= SHORT_SIDE
+    format: ImageFormat
+    original_height: int
+    original_width: int
+    flags: dict[str, str] = field(default_factory=dict)  # e.g. {"view": "LATERAL"} from DICOM tags
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """Identify PNG, JPEG or DICOM from magic bytes (DICOM: 'DICM' at offset 128, or a bare dataset)."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    # ACR-NEMA style files without preamble start with a group 0x0008 (or 0x0002) little-endian tag,
+    # followed by an explicit VR (two capitals) or an implicit 32-bit length that fits in the file.
+    if len(data) >= 8 and data[1] == 0x00 and data[0] in (0x02, 0x08):
+        explicit_vr = data[4:6].isalpha() and data[4:6].isupper()
+        implicit_length = struct.unpack("<I", data[4:8])[0]
+        if explicit_vr or implicit_length < len(data):
+            return "dicom"
+    return None
+
+
+def header_size(data: bytes, fmt: ImageFormat) -> tuple[int, int]:
+    """(width, height) declared by a PNG or JPEG header, read without decoding pixels."""
+    if fmt == "png":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise InvalidImage("PNG file has no IHDR header (truncated or corrupt).")
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if fmt == "jpeg":
+        return _jpeg_size(data)
+    raise ValueError(f"header_size does not handle {fmt}")
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    pos = 2
+    end = len(data)
+    while pos + 4 <= end:
+        if data[pos] != 0xFF:
+            raise InvalidImage("JPEG marker stream is corrupt.")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF:
+            if pos + 9 > end:
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return int(width), int(height)
+        if marker == 0xDA:  # start of scan before any frame header
+            break
+        pos += 2 + length
+    raise InvalidImage("JPEG file has no frame header (truncated or corrupt).")
+
+
+def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise InvalidImage(f"Image declares an empty size ({width}x{height}).")
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"Image declares {width}x{height} = {width * height} pixels; the limit is {max_pixels}."
+        )
+
+
+def to_training_scale(pixels: np.ndarray) -> np.ndarray:
+    """Bring the shorter side to SHORT_SIDE with INTER_AREA, as the training PNGs were made; never enlarge."""
+    height, width = pixels.shape[:2]
+    short = min(height, width)
+    if short <= SHORT_SIDE:
+        return pixels
+    scale = SHORT_SIDE / short
+    if height <= width:
+        size = (round(width * scale), SHORT_SIDE)
+    else:
+        size = (SHORT_SIDE, round(height * scale))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def _jpeg_reduced_flag(width: int, height: int) -> int:
+    short = min(width, height)
+    for factor, flag in (
+        (8, cv2.IMREAD_REDUCED_GRAYSCALE_8),
+        (4, cv2.IMREAD_REDUCED_GRAYSCALE_4),
+        (2, cv2.IMREAD_REDUCED_GRAYSCALE_2),
+    ):
+        if short // factor >= SHORT_SIDE:
+            return flag
+    return cv2.IMREAD_GRAYSCALE
+
+
+def _to_gray8(pixels: np.ndarray) -> np.ndarray:
+    """Any decoded PNG (8/16-bit, gray/RGB/RGBA/gray+alpha) -> 8-bit gray, as the dataset README describes."""
+    if pixels.dtype != np.uint8:
+        # 16-bit: scale linearly from the image's own min/max (dataset README, "How the PNGs were made").
+        pixels = pixels.astype(np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        pixels = (pixels - low) * (255.0 / (high - low)) if high > low else np.zeros_like(pixels)
+        pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        return pixels
+    channels = pixels.shape[2]
+    if channels == 4:  # BGRA: composite onto black, then luma
+        alpha = pixels[:, :, 3:4].astype(np.float32) / 255.0
+        pixels = np.rint(pixels[:, :, :3].astype(np.float32) * alpha).astype(np.uint8)
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    if channels == 3:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    if channels == 2:  # gray + alpha
+        alpha = pixels[:, :, 1].astype(np.float32) / 255.0
+        return np.rint(pixels[:, :, 0].astype(np.float32) * alpha).astype(np.uint8)
+    return np.ascontiguousarray(pixels[:, :, 0])
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: ImageFormat | None = None) -> DecodedImage:
+    """Decode PNG, JPEG or DICOM bytes to 8-bit grayscale at training scale.
+
+    Raises InvalidImage (corrupt or empty), PayloadTooLarge (over `max_pixels`, from the header) or
+    UnsupportedMediaType (not PNG, JPEG or DICOM).
+    """
+    if not data:
+        raise InvalidImage("The image is empty (0 bytes).")
+    sniffed = sniff_format(data)
+    if sniffed is None:
+        raise UnsupportedMediaType("Not a PNG, JPEG or DICOM file (unrecognised file signature).")
+    if fmt is not None and fmt != sniffed:
+        raise InvalidImage(f"Content-Type says {fmt} but the bytes are {sniffed}.")
+    if sniffed == "dicom":
+        from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
+
+        return decode_dicom(data, max_pixels=max_pixels)
+    width, height = header_size(data, sniffed)
+    check_pixel_limit(width, height, max_pixels)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if sniffed == "jpeg":
+        pixels = cv2.imdecode(buffer, _jpeg_reduced_flag(width, height))
+    else:
+        pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.size == 0:
+        raise InvalidImage(f"The {sniffed.upper()} data could not be decoded (truncated or corrupt).")
+    pixels = _to_gray8(pixels)
+    return DecodedImage(to_training_scale(pixels), sniffed, height, width)
+
+
+def decode_file(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Read and decode a file; the same path as the service takes for uploaded bytes."""
+    with open(path, "rb") as handle:
+        return decode(handle.read(), max_pixels=max_pixels)

@@ -1,0 +1,97 @@
+"""The exception family every layer raises; one handler turns it into RFC 9457 problem+json.
+
+`detail` stays a plain string so clients written against FastAPI's default `{"detail": ...}` keep working.
+Messages never carry pixel data or patient identifiers: they describe sizes, types and limits only.
+"""
+
+from __future__ import annotations
+
+
+class CxrError(Exception):
+    """Base class: an error with an HTTP status, a short title and a human-readable detail."""
+
+    status: int = 500
+    title: str = "Internal error"
+    slug: str = "internal-error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+    @property
+    def type_uri(self) -> str:
+        return f"https://github.com/cxr-covid/cxr-covid/blob/main/docs/errors.md#{self.slug}"
+
+
+class InvalidImage(CxrError):
+    """The bytes are empty, truncated, or not a decodable image of a supported kind."""
+
+    status = 400
+    title = "Invalid image"
+    slug = "invalid-image"
+
+
+class UnsupportedDicom(InvalidImage):
+    """A DICOM file that decodes but that the model must not see (no pixels, colour, wrong modality, ...)."""
+
+    title = "Unsupported DICOM"
+    slug = "unsupported-dicom"
+
+
+class Unauthorized(CxrError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
+class NotFound(CxrError):
+    status = 404
+    title = "Not found"
+    slug = "not-found"
+
+
+class PayloadTooLarge(CxrError):
+    """The body is over the byte limit, or the image header declares more pixels than allowed."""
+
+    status = 413
+    title = "Payload too large"
+    slug = "payload-too-large"
+
+
+class UnsupportedMediaType(CxrError):
+    status = 415
+    title = "Unsupported media type"
+    slug = "unsupported-media-type"
+
+
+class InvalidParameter(CxrError):
+    status = 422
+    title = "Invalid parameter"
+    slug = "invalid-parameter"
+
+
+class Overloaded(CxrError):
+    """The batch queue is full: the client should retry later (Retry-After is set)."""
+
+    status = 503
+    title = "Service overloaded"
+    slug = "overloaded"
+
+
+class TooManyRequests(Overloaded):
+    status = 429
+    title = "Too many requests"
+    slug = "too-many-requests"
+
+
+class ModelNotReady(CxrError):
+    status = 503
+    title = "Model not ready"
+    slug = "model-not-ready"
+
+
+class DeadlineExceeded(CxrError):
+    status = 504
+    title = "Deadline exceeded"
+    slug = "deadline-exceeded"

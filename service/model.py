@@ -1,0 +1,231 @@
+"""A model version on disk -> ONNX Runtime sessions: the classifier, its lung segmenter and its card.
+
+Layout (NVIDIA Triton's model repository): `<repo>/<name>/<version>/model.onnx` with `card.json` (and the
+human-readable `card.md`) beside it, plus `lungseg.onnx` when the preprocessing crops to the lungs.
+Every file's sha256 is checked against the card before a session is created: a model file that does not
+match is refused, never served.
+
+Graph contract: input `image` (N, S, S, 1) float32 in [0, 1]; outputs `probabilities` (N, K) over the card's
+labels and `cam` (N, h, w), the class activation map of the positive label in logit units (exact: the
+global-average of `cam` plus the dense bias is the positive logit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from service.preprocess import Geometry, PreprocessSpec, preprocess, segmenter_input
+
+logger = logging.getLogger(__name__)
+
+CARD_FILE = "card.json"
+MODEL_FILE = "model.onnx"
+SEGMENTER_FILE = "lungseg.onnx"
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file is missing, or its sha256 differs from the one in its card."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The parts of card.json the runtime needs; the rest travels along as `raw`."""
+
+    name: str
+    version: str
+    labels: list[str]
+    positive_label: str
+    threshold: float
+    files: dict[str, str]
+    preprocessing: PreprocessSpec
+    segmenter: str | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        path = directory / CARD_FILE
+        try:
+            raw = json.loads(path.read_text())
+            return cls(
+                name=str(raw["name"]),
+                version=str(raw["version"]),
+                labels=[str(label) for label in raw["labels"]],
+                positive_label=str(raw["positive_label"]),
+                threshold=float(raw["threshold"]),
+                files={str(k): str(v) for k, v in raw["files"].items()},
+                preprocessing=PreprocessSpec.from_dict(raw["preprocessing"]),
+                segmenter=raw.get("segmenter"),
+                raw=raw,
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ModelIntegrityError(f"{path}: unreadable model card ({type(error).__name__}: {error})") from None
+
+
+def verify_files(directory: Path, card: ModelCard) -> None:
+    """Raise ModelIntegrityError unless every file listed in the card exists with the recorded sha256."""
+    if MODEL_FILE not in card.files:
+        raise ModelIntegrityError(f"{directory / CARD_FILE}: the card lists no sha256 for {MODEL_FILE}")
+    for name, expected in card.files.items():
+        path = directory / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{path}: listed in the model card but missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{path}: sha256 {actual[:16]}... does not match the model card ({expected[:16]}...); "
+                "refusing to serve a model file that differs from the one that was evaluated"
+            )
+
+
+def available_providers(requested: list[str] | None) -> list[str]:
+    """Requested providers that this onnxruntime build has, in order; CPU is always last."""
+    have = ort.get_available_providers()
+    wanted = requested or ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    chosen = [p for p in wanted if p in have and p != "CPUExecutionProvider"]
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def _session(path: Path, providers: list[str], intra_op_threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One worker thread calls run() per session, so the session's own pool is the only parallelism:
+    # fixed size, no inter-op pool, and no spinning that would steal the core the decoder needs.
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+class OnnxModel:
+    """One verified model version: `prepare()` (thread-safe, per image) and `run()` (per batch)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        providers: list[str] | None = None,
+        intra_op_threads: int = 1,
+        verify: bool = True,
+    ) -> None:
+        self.directory = directory
+        self.card = ModelCard.load(directory)
+        if verify:
+            verify_files(directory, self.card)
+        self.spec = self.card.preprocessing
+        chosen = available_providers(providers)
+        self.session = _session(directory / MODEL_FILE, chosen, intra_op_threads)
+        self.providers: list[str] = list(self.session.get_providers())
+        self.sha256 = self.card.files[MODEL_FILE]
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.positive_index = self.card.labels.index(self.card.positive_label)
+        # The segmenter is small and runs inside the preprocessing pool, one thread per call.
+        self._segmenter: ort.InferenceSession | None = None
+        if self.card.segmenter:
+            self._segmenter = _session(directory / self.card.segmenter, ["CPUExecutionProvider"], 1)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def input_size(self) -> int:
+        return self.spec.input_size
+
+    def segment(self, image: np.ndarray) -> np.ndarray:
+        """Lung mask probability (same H, W as `image`) from the shipped segmenter."""
+        if self._segmenter is None:
+            raise RuntimeError("this model has no lung segmenter")
+        import cv2
+
+        tensor = segmenter_input(image, self.spec)[None, :, :, None]
+        (mask,) = self._segmenter.run(None, {self._segmenter.get_inputs()[0].name: tensor})
+        return cv2.resize(mask[0, :, :, 0], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+    def prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """Decoded uint8 grayscale -> (S, S, 1) float32 input and its geometry (preprocessing contract)."""
+        return preprocess(pixels, self.spec, self.segment if self._segmenter is not None else None)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 1) float32 -> (probabilities (N, K), cam (N, h, w)). Not thread-safe per design:
+        exactly one worker thread calls it."""
+        outputs = self.session.run(None, {self.input_name: batch})
+        named = dict(zip(self.output_names, outputs, strict=True))
+        return named["probabilities"], named["cam"]
+
+    def describe(self) -> dict[str, Any]:
+        """Metadata for /v1/models and readiness: identity, labels, threshold and the providers in use."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "labels": self.card.labels,
+            "positive_label": self.card.positive_label,
+            "threshold": self.card.threshold,
+            "input": {"name": self.input_name, "shape": [-1, self.input_size, self.input_size, 1], "datatype": "FP32"},
+            "outputs": self.output_names,
+            "providers": self.providers,
+            "preprocessing": self.spec.to_dict(),
+            "intended_use": self.card.raw.get("intended_use", "Research use only. Not for diagnosis."),
+        }
+
+
+def find_versions(repository: Path) -> list[Path]:
+    """Every `<name>/<version>/` directory under the repository that holds a card (newest version last)."""
+    found: list[Path] = []
+    if not repository.is_dir():
+        return found
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir()):
+        versions = [p for p in model_dir.iterdir() if p.is_dir() and (p / CARD_FILE).is_file()]
+        versions.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+        found.extend(versions)
+    return found
+
+
+def load_default(model: str | Path | None = None, repository: Path | None = None, **kwargs: Any) -> OnnxModel:
+    """Resolve a model for the CLI: a version directory, a `.onnx` file inside one, a model name in the
+    repository (latest version), or the repository's default model."""
+    repo = repository or default_repository()
+    if model is not None:
+        path = Path(model)
+        if path.suffix == ".onnx":
+            path = path.parent
+        if (path / CARD_FILE).is_file():
+            return OnnxModel(path, **kwargs)
+        versions = [v for v in find_versions(repo) if v.parent.name == str(model)]
+        if not versions:
+            raise FileNotFoundError(f"no model named {model!s} in {repo} and no card.json at {path}")
+        return OnnxModel(versions[-1], **kwargs)
+    versions = find_versions(repo)
+    if not versions:
+        raise FileNotFoundError(f"no model found under {repo}")
+    default = json.loads((repo / "default.json").read_text())["model"] if (repo / "default.json").is_file() else None
+    chosen = [v for v in versions if v.parent.name == default] or versions
+    return OnnxModel(chosen[-1], **kwargs)
+
+
+def default_repository() -> Path:
+    """The bundled `models/` folder (next to the packages in a source checkout)."""
+    return Path(__file__).resolve().parent.parent / "models"
