@@ -1,0 +1,146 @@
+"""Service configuration: one validated class, read from `CXR_*` environment variables and `cxr serve` flags.
+
+Flags override the environment, which overrides the defaults. Lists (`providers`, `api_keys`,
+`cors_origins`) are comma-separated in both. Build `Settings` in `create_app()` or `server.main()`, never at
+import time, so a test can pass `Settings(model_dir=tmp_path)` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.decode import DEFAULT_MAX_PIXELS
+from service.model import default_repository, find_versions
+
+CommaList = Annotated[list[str], NoDecode]
+_SHA256_KEY = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _default_decode_workers() -> int:
+    # One core for ONNX Runtime, the rest for decoding: on a 2-core host that is one of each.
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+class Settings(BaseSettings):
+    """Everything `cxr serve` can be told; invalid combinations fail here, before any model is loaded."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", frozen=True)
+
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind")
+    model_dir: Path = Field(
+        default_factory=default_repository, description="model repository (<name>/<version>/card.json)"
+    )
+    default_model: str | None = Field(
+        None, description="model used without ?model= (default: default.json, else the first name)"
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="largest batch sent to ONNX Runtime")
+    max_queue_delay_ms: float = Field(
+        5.0, ge=0, le=10_000, description="longest wait for a batch to fill, from the oldest queued request"
+    )
+    queue_capacity: int = Field(64, ge=1, description="queued images per model before requests are refused")
+    overload_status: Literal[503, 429] = Field(503, description="status sent when the queue is full")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with overload and not-ready answers")
+    request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 when exceeded)")
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="request body limit in bytes (413)")
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="pixel limit per image, from its header (413)"
+    )
+    providers: CommaList = Field(
+        default_factory=list, description="ONNX Runtime providers in order (default: TensorRT, CUDA, CPU)"
+    )
+    intra_op_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime threads per model session")
+    decode_workers: int = Field(
+        default_factory=_default_decode_workers,
+        ge=1,
+        le=256,
+        description="threads decoding and preprocessing",
+    )
+    api_keys: CommaList = Field(
+        default_factory=list,
+        repr=False,
+        description="accepted API keys, plain or sha256:<hex> (empty: no key needed); prefer the env variable",
+    )
+    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, time to finish queued work")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="log level"
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list, description="origins allowed by CORS (default: none)"
+    )
+
+    @field_validator("providers", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if key.lower().startswith("sha256:") and not _SHA256_KEY.fullmatch(key.lower()):
+                raise ValueError("a hashed API key must be sha256: followed by 64 hex digits")
+        return [key.lower() if key.lower().startswith("sha256:") else key for key in keys]
+
+    @model_validator(mode="after")
+    def _check_repository(self) -> Settings:
+        versions = find_versions(self.model_dir)
+        if not versions:
+            raise ValueError(f"model_dir {self.model_dir} holds no model (<name>/<version>/card.json)")
+        names = {version.parent.name for version in versions}
+        if self.default_model is not None and self.default_model not in names:
+            raise ValueError(
+                f"default_model {self.default_model!r} is not in {self.model_dir} ({sorted(names)})"
+            )
+        return self
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
+    """argparse `type` and `choices` for a field annotation (lists stay comma-separated strings)."""
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return type(args[0]), list(args)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if origin is Annotated or origin is list:
+        return str, None
+    return annotation, None
+
+
+def add_cli_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per Settings field; an absent flag leaves the environment or the default in force."""
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    for name, info in Settings.model_fields.items():
+        kind, choices = _flag_type(hints[name])
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            choices=choices,
+            default=argparse.SUPPRESS,
+            metavar=None if choices else name.upper(),
+            help=f"{info.description} (env CXR_{name.upper()})",
+        )
+
+
+def from_cli(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags, falling back to `CXR_*` variables and the defaults."""
+    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
+    return Settings(**given)
