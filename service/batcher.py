@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class BatchModel(Protocol):
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 class BatchObserver(Protocol):
@@ -41,7 +41,7 @@ class BatchResult:
     """One image's share of a batch: positive-class probabilities, its CAM and where the time went."""
 
     probabilities: np.ndarray  # (K,)
-    cam: np.ndarray  # (h, w)
+    cam: np.ndarray | None  # (h, w); None for models without a CAM output
     queue_ms: float
     inference_ms: float
     batch_size: int
@@ -177,10 +177,8 @@ class Batcher:
             self._worker, self._model.run, tensors
         )
         seconds = time.monotonic() - started
-        if len(probabilities) != size or len(cams) != size:
-            raise RuntimeError(
-                f"model {self.name} returned {len(probabilities)}/{len(cams)} outputs for a batch of {size}"
-            )
+        if len(probabilities) != size or (cams is not None and len(cams) != size):
+            raise RuntimeError(f"model {self.name} returned outputs that do not match its batch of {size}")
         if self._observer:
             self._observer.batch(len(live), size, seconds)
         for index, item in enumerate(live):
@@ -188,7 +186,7 @@ class Batcher:
                 item.future.set_result(
                     BatchResult(
                         probabilities=probabilities[index],
-                        cam=cams[index],
+                        cam=None if cams is None else cams[index],
                         queue_ms=(started - item.queued_at) * 1000.0,
                         inference_ms=seconds * 1000.0,
                         batch_size=len(live),

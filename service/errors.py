@@ -32,6 +32,14 @@ class InvalidImage(CxrError):
     slug = "invalid-image"
 
 
+class MalformedRequest(CxrError):
+    """The request body is not well-formed (e.g. a multipart body that does not parse)."""
+
+    status = 400
+    title = "Malformed request"
+    slug = "malformed-request"
+
+
 class UnsupportedDicom(InvalidImage):
     """A DICOM file that decodes but that the model must not see (no pixels, colour, wrong modality, ...)."""
 

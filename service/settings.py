@@ -35,30 +35,43 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", frozen=True)
 
-    host: str = Field("127.0.0.1", description="interface to bind")
-    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind")
+    host: str = Field(default="127.0.0.1", description="interface to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port to bind")
     model_dir: Path = Field(
         default_factory=default_repository, description="model repository (<name>/<version>/card.json)"
     )
     default_model: str | None = Field(
-        None, description="model used without ?model= (default: default.json, else the first name)"
+        default=None, description="model used without ?model= (default: default.json, else the first name)"
     )
-    max_batch_size: int = Field(8, ge=1, le=256, description="largest batch sent to ONNX Runtime")
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="largest batch sent to ONNX Runtime")
     max_queue_delay_ms: float = Field(
-        5.0, ge=0, le=10_000, description="longest wait for a batch to fill, from the oldest queued request"
+        default=2.0,
+        ge=0,
+        le=10_000,
+        description="longest wait for a batch to fill, from the oldest queued request",
     )
-    queue_capacity: int = Field(64, ge=1, description="queued images per model before requests are refused")
-    overload_status: Literal[503, 429] = Field(503, description="status sent when the queue is full")
-    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with overload and not-ready answers")
-    request_timeout_s: float = Field(10.0, gt=0, description="per-request deadline (504 when exceeded)")
-    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1, description="request body limit in bytes (413)")
+    queue_capacity: int = Field(
+        default=64, ge=1, description="queued images per model before requests are refused"
+    )
+    overload_status: Literal[503, 429] = Field(default=503, description="status sent when the queue is full")
+    retry_after_s: int = Field(
+        default=1, ge=0, description="Retry-After sent with overload and not-ready answers"
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, description="per-request deadline (504 when exceeded)"
+    )
+    max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=1, description="request body limit in bytes (413)"
+    )
     max_pixels: int = Field(
-        DEFAULT_MAX_PIXELS, ge=1, description="pixel limit per image, from its header (413)"
+        default=DEFAULT_MAX_PIXELS, ge=1, description="pixel limit per image, from its header (413)"
     )
     providers: CommaList = Field(
         default_factory=list, description="ONNX Runtime providers in order (default: TensorRT, CUDA, CPU)"
     )
-    intra_op_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime threads per model session")
+    intra_op_threads: int = Field(
+        default=1, ge=1, le=256, description="ONNX Runtime threads per model session"
+    )
     decode_workers: int = Field(
         default_factory=_default_decode_workers,
         ge=1,
@@ -70,9 +83,9 @@ class Settings(BaseSettings):
         repr=False,
         description="accepted API keys, plain or sha256:<hex> (empty: no key needed); prefer the env variable",
     )
-    drain_timeout_s: float = Field(30.0, ge=0, description="on shutdown, time to finish queued work")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="on shutdown, time to finish queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="log level"
+        default="info", description="log level"
     )
     cors_origins: CommaList = Field(
         default_factory=list, description="origins allowed by CORS (default: none)"

@@ -1,0 +1,116 @@
+"""The FastAPI application: `create_app(settings)` wires settings, lifespan, middleware, errors and routes.
+
+Routes: POST /v1/classify (service.classify), GET /v1/models, GET /healthz (alive), GET /readyz (every
+model loaded and warmed), GET /metrics (Prometheus), OpenAPI at /docs. Research use only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service import classify, problems
+from service.auth import require_api_key
+from service.classify import runtime_of
+from service.errors import ModelNotReady
+from service.metrics import Metrics
+from service.middleware import RequestContextMiddleware
+from service.model import ModelIntegrityError
+from service.runtime import Runtime
+from service.schemas import NOTICE
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; models load in its lifespan (startup fails on a checksum mismatch), warm-up follows."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            runtime = Runtime.open(settings, metrics)
+        except ModelIntegrityError as error:
+            logger.error("refusing to start: %s", error)
+            raise
+        app.state.runtime = runtime
+        runtime.start_warmup()
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+            logger.info("stopped")
+
+    app = FastAPI(
+        title="cxr-covid",
+        version="0.1.0",
+        summary="COVID-19 chest X-ray classification. RESEARCH USE ONLY: not for diagnosis.",
+        description=NOTICE,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
+    problems.install(app)
+    app.include_router(classify.router)
+
+    @app.get("/healthz", summary="Liveness", tags=["operations"])
+    async def healthz(request: Request) -> dict[str, str]:
+        runtime = getattr(request.app.state, "runtime", None)
+        if runtime is not None and runtime.warmup_error is not None:
+            raise ModelNotReady("Model warm-up failed; restart the service.")
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: every model loaded and warmed", tags=["operations"])
+    async def readyz(request: Request) -> dict[str, Any]:
+        runtime = runtime_of(request)
+        runtime.check_accepting()
+        return {
+            "status": "ready",
+            "models": {served.key: served.model.providers for served in runtime.repository.all()},
+        }
+
+    @app.get(
+        "/v1/models",
+        summary="Models served, with metadata and providers in use",
+        dependencies=[Depends(require_api_key)],
+    )
+    async def models(request: Request) -> dict[str, Any]:
+        runtime = runtime_of(request)
+        return {
+            "default": runtime.repository.default_name,
+            "ready": runtime.ready,
+            "models": [
+                {**info, "batch_sizes": served.batcher.sizes}
+                for info, served in zip(runtime.repository.describe(), runtime.repository.all(), strict=True)
+            ],
+            "notice": NOTICE,
+        }
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def begin_drain(app: FastAPI) -> None:
+    """Start draining (server.py calls this on SIGTERM, before uvicorn stops reading requests)."""
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    if runtime is not None:
+        runtime.begin_drain()

@@ -1,0 +1,67 @@
+"""Response shapes of the HTTP API (they are also the OpenAPI schema at /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+NOTICE = (
+    "Research use only. Not a medical device: not for diagnosis, triage or any clinical decision. "
+    "Models of this kind are known to fail on images from hospitals they were not trained on."
+)
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+    sha256: str = Field(description="sha256 of the model.onnx that produced the result")
+
+
+class Timing(BaseModel):
+    queue_ms: float = Field(description="time the image waited for its batch")
+    inference_ms: float = Field(description="ONNX Runtime time of the batch it ran in")
+    total_ms: float = Field(description="from the start of the request to the result")
+
+
+class ImageInfo(BaseModel):
+    format: str = Field(description="png, jpeg or dicom, from the file signature")
+    width: int = Field(description="width of the uploaded image in pixels")
+    height: int = Field(description="height of the uploaded image in pixels")
+    lung_crop: str = Field(description="mask, fallback (implausible lung mask: whole image used) or off")
+
+
+class Heatmap(BaseModel):
+    media_type: str = "image/png"
+    data: str = Field(description="base64 8-bit grayscale PNG: 255 * clip(cam / cam_max, 0, 1)")
+    width: int = Field(description="PNG width: the decoded image's (shorter side at most 320 px)")
+    height: int
+    cam_max: float = Field(description="largest CAM value (positive-class logit units) in the map")
+
+
+class Classification(BaseModel):
+    index: int = Field(description="position of the image in the request (multipart order)")
+    label: str = Field(description="positive label if p(positive) >= threshold, else the other (binary)")
+    probabilities: dict[str, float]
+    threshold: float
+    model: ModelRef
+    timing: Timing
+    batch_size: int = Field(description="images in the batch this one ran in (before padding)")
+    image: ImageInfo
+    flags: dict[str, str] = Field(description="warnings about the input, e.g. a lateral DICOM view")
+    heatmap: Heatmap | None = Field(None, description="class activation map, with ?heatmap=true")
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    notice: str = NOTICE
+    results: list[Classification]
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None

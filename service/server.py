@@ -1,0 +1,79 @@
+"""`cxr serve`: settings from flags and `CXR_*` variables, then one uvicorn process.
+
+SIGTERM (or Ctrl-C): the app stops accepting (503), the batchers get `drain_timeout_s` to finish queued
+images and fail the rest with 503, and uvicorn's own graceful-shutdown timeout is set a little longer, so
+every request gets an answer and none hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
+
+from service.app import begin_drain, create_app
+from service.settings import Settings, from_cli
+
+logger = logging.getLogger(__name__)
+
+_RESPONSE_GRACE_S = 2.0
+"""Time after the drain deadline for the last answers (including the 503s) to be written."""
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, plus: on the first exit signal, tell the app to drain before uvicorn closes connections."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit and self._loop is not None:
+            # Signal handlers run between bytecodes: hand the work to the event loop.
+            self._loop.call_soon_threadsafe(begin_drain, self._app)
+        super().handle_exit(sig, frame)
+
+
+def run(settings: Settings) -> int:
+    """Serve until a signal; 0 after a clean stop, 3 if the app failed to start (e.g. a bad checksum)."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # service.middleware logs each request with its id and route template
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.drain_timeout_s + _RESPONSE_GRACE_S + 0.999),
+        server_header=False,
+    )
+    server = _DrainingServer(config, app)
+    server.run()
+    return 0 if server.started else 3
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `cxr serve` (service.cli parses the flags)."""
+    try:
+        settings = from_cli(args)
+    except ValidationError as error:
+        # include_input=False: never echo values back (an API key could be among them).
+        for problem in error.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in problem["loc"]) or "settings"
+            logger.error("invalid setting %s: %s", where, problem["msg"])
+        return 2
+    logging.getLogger().setLevel(settings.log_level.upper())
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(settings)
