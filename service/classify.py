@@ -315,7 +315,7 @@ async def classify(
     settings = runtime.settings
     runtime.check_accepting()
     served = runtime.repository.get(model, version)
-    if heatmap and not served.model.has_cam:
+    if heatmap and "cam" not in served.model.output_names:
         raise InvalidParameter(f"Model {served.key} has no class activation map output; drop heatmap=true.")
     deadline = started + settings.request_timeout_s
     timeout = asyncio.timeout(settings.request_timeout_s)

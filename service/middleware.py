@@ -21,6 +21,8 @@ from service.problems import problem
 logger = logging.getLogger(__name__)
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Polled every few seconds by orchestrators and scrapers: logged at DEBUG only."""
 
 
 def _route(scope: Scope) -> str:
@@ -83,7 +85,8 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(method=scope["method"], route=route, status=str(status or 500)).inc()
             self.metrics.request_seconds.labels(route=route).observe(seconds)
             length = next((v.decode() for k, v in scope.get("headers", []) if k == b"content-length"), "-")
-            logger.info(
+            logger.log(
+                logging.DEBUG if route in _PROBES else logging.INFO,
                 "request_id=%s %s %s status=%s bytes_in=%s ms=%.1f",
                 request_id,
                 scope["method"],

@@ -1,0 +1,191 @@
+"""One real uvicorn process per test (`cxr serve` on a free loopback port, readiness polled): serving,
+SIGTERM drain, and refusing to start on a checksum mismatch."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.conftest import PNG_HEADERS, metric, png
+from tests.service.test_app import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, dicom_bytes
+from tests.tinymodel import blob_image, encode
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start(model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0) -> Server:
+    env = {**os.environ, "CXR_TEST_BATCH_DELAY_S": str(delay_s), "PYTHONPATH": str(ROOT)}
+    env.pop("CXR_API_KEYS", None)
+    command = [
+        sys.executable,
+        "-m",
+        "tests.service.slow_server",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    return Server(process, log)
+
+
+def wait_for_port(server: Server, timeout: float = 30.0) -> None:
+    """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", server.output())
+        if found:
+            server.url = found.group(1)
+            return
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.output()}")
+        time.sleep(0.02)
+    raise TimeoutError(f"server did not start:\n{server.output()}")
+
+
+async def wait_ready(client: httpx.AsyncClient, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (await client.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, "never ready"
+        await asyncio.sleep(0.02)
+
+
+async def wait_queue_depth(client: httpx.AsyncClient, depth: int) -> None:
+    deadline = time.monotonic() + 10
+    while metric((await client.get("/metrics")).text, "cxr_queue_depth", model="tiny/1") < depth:
+        assert time.monotonic() < deadline, "queue never filled"
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(10)
+
+
+async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
+    model_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    server = start(
+        model_dir, tmp_path / "server.log", "--max-batch-size", "1", "--drain-timeout-s", "10", delay_s=0.2
+    )
+    servers.append(server)
+    launched = time.monotonic()
+    wait_for_port(server)
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        await wait_ready(client)
+        ready_after = time.monotonic() - launched
+        single = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
+        image = blob_image()
+        files = [
+            ("file", (IDENTIFYING_FILENAME, encode(image), "image/png")),
+            ("file", ("study.dcm", dicom_bytes(image), "application/dicom")),
+        ]
+        multipart = await client.post("/v1/classify", files=files)
+        burst = [
+            asyncio.ensure_future(client.post("/v1/classify", content=png(seed=i), headers=PNG_HEADERS))
+            for i in range(4)
+        ]
+        await wait_queue_depth(client, 2)
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        responses = await asyncio.gather(*burst)
+        answered_after = time.monotonic() - signalled
+    async with httpx.AsyncClient(base_url=server.url, timeout=5) as fresh:
+        try:
+            late_status = (await fresh.post("/v1/classify", content=png(), headers=PNG_HEADERS)).status_code
+        except httpx.TransportError:
+            late_status = 0  # connection refused: the listening socket is closed
+    returncode = server.process.wait(timeout=20)
+    log = server.output()
+    assert ready_after < 15, log
+    assert single.status_code == 200 and single.headers["x-request-id"]
+    assert multipart.status_code == 200 and [r["image"]["format"] for r in multipart.json()["results"]] == [
+        "png",
+        "dicom",
+    ]
+    assert [r.status_code for r in responses] == [200] * 4  # queued work finished, none failed
+    assert answered_after < 10
+    assert late_status in (0, 503)
+    assert returncode in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal after a clean stop
+    assert "draining" in log and "Application shutdown complete" in log
+    for secret in (PATIENT_NAME, PATIENT_ID, IDENTIFYING_FILENAME, "Traceback"):
+        assert secret not in log
+
+
+async def test_sigterm_fails_what_the_drain_timeout_leaves_without_hanging(
+    model_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    flags = ("--max-batch-size", "1", "--drain-timeout-s", "0.3")
+    server = start(model_dir, tmp_path / "server.log", *flags, delay_s=1.5)
+    servers.append(server)
+    wait_for_port(server)
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        await wait_ready(client)
+        burst = [
+            asyncio.ensure_future(client.post("/v1/classify", content=png(seed=i), headers=PNG_HEADERS))
+            for i in range(3)
+        ]
+        await wait_queue_depth(client, 2)
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        responses = await asyncio.gather(*burst)
+        answered_after = time.monotonic() - signalled
+    server.process.wait(timeout=20)
+    assert answered_after < 1.5  # drain timeout + margin, not the 4.5 s the queue needed
+    for response in responses:
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "shut" in response.json()["detail"]
+
+
+def test_cli_refuses_to_start_on_checksum_mismatch(
+    model_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    model_file = model_dir / "tiny" / "1" / "model.onnx"
+    model_file.write_bytes(model_file.read_bytes()[:-1] + b"\x01")
+    server = start(model_dir, tmp_path / "server.log")
+    servers.append(server)
+    returncode = server.process.wait(timeout=60)
+    log = server.output()
+    assert returncode == 3, log
+    assert "refusing to start" in log and "does not match the model card" in log
+
+
+def test_cli_reports_invalid_settings_without_echoing_values(tmp_path: Path, servers: list[Server]) -> None:
+    server = start(tmp_path / "missing", tmp_path / "server.log", "--api-keys", "hunter2-secret")
+    servers.append(server)
+    returncode = server.process.wait(timeout=60)
+    log = server.output()
+    assert returncode == 2, log
+    assert "holds no model" in log and "hunter2-secret" not in log
