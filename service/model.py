@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 
@@ -114,6 +115,24 @@ def _session(path: Path, providers: list[str], intra_op_threads: int) -> ort.Inf
     return ort.InferenceSession(str(path), sess_options=options, providers=providers)
 
 
+class Segmenter:
+    """The lung segmenter shipped beside a classifier: uint8 image -> mask probability of the same size.
+
+    Thread-safe (ONNX Runtime sessions allow concurrent run()); one intra-op thread per call because it
+    runs inside the preprocessing pool, which already has one thread per core.
+    """
+
+    def __init__(self, path: Path, spec: PreprocessSpec) -> None:
+        self.spec = spec
+        self.session = _session(path, ["CPUExecutionProvider"], 1)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        tensor = segmenter_input(image, self.spec)[None, :, :, None]
+        (mask,) = self.session.run(None, {self.input_name: tensor})
+        return cv2.resize(mask[0, :, :, 0], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 class OnnxModel:
     """One verified model version: `prepare()` (thread-safe, per image) and `run()` (per batch)."""
 
@@ -137,10 +156,7 @@ class OnnxModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.positive_index = self.card.labels.index(self.card.positive_label)
-        # The segmenter is small and runs inside the preprocessing pool, one thread per call.
-        self._segmenter: ort.InferenceSession | None = None
-        if self.card.segmenter:
-            self._segmenter = _session(directory / self.card.segmenter, ["CPUExecutionProvider"], 1)
+        self.segmenter = Segmenter(directory / self.card.segmenter, self.spec) if self.card.segmenter else None
 
     @property
     def name(self) -> str:
@@ -154,26 +170,20 @@ class OnnxModel:
     def input_size(self) -> int:
         return self.spec.input_size
 
-    def segment(self, image: np.ndarray) -> np.ndarray:
-        """Lung mask probability (same H, W as `image`) from the shipped segmenter."""
-        if self._segmenter is None:
-            raise RuntimeError("this model has no lung segmenter")
-        import cv2
-
-        tensor = segmenter_input(image, self.spec)[None, :, :, None]
-        (mask,) = self._segmenter.run(None, {self._segmenter.get_inputs()[0].name: tensor})
-        return cv2.resize(mask[0, :, :, 0], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    @property
+    def has_cam(self) -> bool:
+        return "cam" in self.output_names
 
     def prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, Geometry]:
         """Decoded uint8 grayscale -> (S, S, 1) float32 input and its geometry (preprocessing contract)."""
-        return preprocess(pixels, self.spec, self.segment if self._segmenter is not None else None)
+        return preprocess(pixels, self.spec, self.segmenter)
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, S, S, 1) float32 -> (probabilities (N, K), cam (N, h, w)). Not thread-safe per design:
-        exactly one worker thread calls it."""
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, S, S, 1) float32 -> (probabilities (N, K), cam (N, h, w) or None for designs without a GAP
+        head). One worker thread per session calls it, so the session's own thread pool is the only one."""
         outputs = self.session.run(None, {self.input_name: batch})
         named = dict(zip(self.output_names, outputs, strict=True))
-        return named["probabilities"], named["cam"]
+        return named["probabilities"], named.get("cam")
 
     def describe(self) -> dict[str, Any]:
         """Metadata for /v1/models and readiness: identity, labels, threshold and the providers in use."""

@@ -1,0 +1,149 @@
+"""card.json -> card.md: the model card a person reads. Every number comes from card.json, which the
+export and evaluation commands write; nothing here is typed in by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "n/a"
+
+
+def _ci(metrics: dict[str, Any]) -> str:
+    ci = metrics.get("auroc_ci95")
+    return f"{_f(metrics.get('auroc'))} [{_f(ci[0])}, {_f(ci[1])}]" if ci else _f(metrics.get("auroc"))
+
+
+def _row(name: str, m: dict[str, Any]) -> str:
+    return (
+        f"| {name} | {m['n']} | {m['positives']} | {_ci(m)} | {_f(m['sensitivity'])} | {_f(m['specificity'])} | "
+        f"{_f(m['ppv'])} | {_f(m['npv'])} | {_f(m['f1'])} | {_f(m['ece'])} |"
+    )
+
+
+def _metrics_section(split: str, evaluation: dict[str, Any]) -> list[str]:
+    lines = [
+        f"### {split} split",
+        "",
+        f"Reproduce: `{evaluation['command']}`",
+        "",
+        "| set | n | covid | AUROC [95% CI] | sensitivity | specificity | PPV | NPV | F1 | ECE |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        _row("overall", evaluation["overall"]),
+    ]
+    for name, m in evaluation.get("within_source", {}).items():
+        lines.append(_row(f"**within {name}** (covid vs its own non-covid)", m))
+    for name, m in evaluation.get("per_source", {}).items():
+        lines.append(_row(f"source `{name}`", m))
+    matrix = evaluation["overall"]["confusion_matrix"]
+    lines += [
+        "",
+        f"Confusion matrix at threshold {_f(evaluation['threshold'], 4)}: TN {matrix['tn']}, FP {matrix['fp']}, "
+        f"FN {matrix['fn']}, TP {matrix['tp']}. Unreadable files: {evaluation.get('errors', 0)}.",
+        "",
+    ]
+    for image in ("roc.png", "confusion_matrix.png", "cam_grid.png"):
+        lines.append(f"![{split} {image}]({split}_{image})")
+    lines.append("")
+    return lines
+
+
+def render_card(card: dict[str, Any]) -> str:
+    training = card["training"]
+    spec = card["preprocessing"]
+    arch = card["architecture"]
+    counts = training["split_counts"]
+    lines = [
+        f"# Model card: {card['name']} v{card['version']}",
+        "",
+        "> **RESEARCH USE ONLY. Not for diagnosis, triage or any clinical decision.** This model has not been",
+        "> validated clinically. A COVID-19 chest X-ray classifier trained on public data like this one is known",
+        "> to learn where an image came from rather than the disease (DeGrave et al., Nat Mach Intell 2021).",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "Out of scope: clinical use of any kind; children (no paediatric images in training); lateral views;",
+        "CT; images that are not chest radiographs.",
+        "",
+        "## Model",
+        "",
+        f"- Architecture: `{arch['name']}` ({arch['description']}), {arch['parameters']:,} parameters.",
+        f"- Files: `model.onnx` (sha256 `{card['files']['model.onnx']}`), opset {card['opset']}"
+        + (
+            f"; lung segmenter `{card['segmenter']}` (sha256 `{card['files'][card['segmenter']]}`)."
+            if card.get("segmenter")
+            else "."
+        ),
+        f"- Input `image` (N, {spec['input_size']}, {spec['input_size']}, 1) float32 in [0, 1]; outputs "
+        + ", ".join(f"`{o}`" for o in card["outputs"])
+        + ". `cam` is the class activation map of `covid` in logit units.",
+        f"- Labels {card['labels']}, positive label `{card['positive_label']}`.",
+        f"- Operating threshold {_f(card['threshold'], 4)}: {card['threshold_rule']}.",
+        f"- Export parity (ONNX vs Keras): max abs difference {training_parity(card)} on {card['export']['parity_images']} real images.",
+        "",
+        "## Preprocessing contract (runs in the service, `cxr predict`, evaluation and training alike)",
+        "",
+        "1. Decode to 8-bit grayscale (DICOM: Modality LUT, VOI LUT/window, MONOCHROME1 inversion) and bring the",
+        "   shorter side to 320 px with INTER_AREA (how the training PNGs were made).",
+        f"2. Trim uniform border rows/columns (std < {spec['border_std']}, at most {int(spec['border_max_fraction'] * 100)}% per side).",
+        f"3. Lung crop: {'on' if spec['lung_crop'] else 'off'}. A small U-Net ({spec['segmenter_size']} px) segments the lungs;"
+        f" the box around the two largest components, widened by {int(spec['lung_margin'] * 100)}%, is the crop. If the mask covers"
+        f" less than {int(spec['lung_min_fraction'] * 100)}% of the image the whole trimmed image is used (`lung_crop: fallback`).",
+        f"4. Resize the crop to {spec['input_size']}x{spec['input_size']} (INTER_AREA), CLAHE (clip {spec['clahe_clip']},"
+        f" {spec['clahe_tiles']}x{spec['clahe_tiles']} tiles), scale to [0, 1].",
+        "",
+        "## Training data",
+        "",
+        "`shared/data/cxr` (see its README): 1,414 frontal chest X-rays. covid 330 (all from the ieee8023",
+        "covid-chestxray-dataset, mostly figures from papers and teaching sites), normal 510 and pneumonia 574",
+        "(97% and 87% from NIH ChestX-ray8 via the DarkCovidNet repository; ieee8023 adds 11 normals and 74",
+        "non-COVID pneumonias). Licences are mixed (many CC BY-NC-SA / CC BY-NC-ND, 200 images without a stated",
+        "licence): research and internal evaluation only.",
+        "",
+        f"Patient-disjoint, stratified, seeded split: train {counts['train']}, validation {counts['val']}, test {counts['test']}"
+        " images (`split.csv` beside this card). The lung segmenter was trained on the lung masks of training-split",
+        "images only. Training manifest sha256 `" + training["manifest_sha256"] + "`.",
+        "",
+        f"Command: `{training.get('command') or 'see train.json arguments'}`",
+        f"Training time on a 2-core CPU: {training['train_seconds']:.0f} s ({training['epochs_run']} epochs,"
+        f" best epoch {training['best_epoch']['epoch']}); lung crop outcome by origin: {training['lung_crop']}.",
+        "Model selection and threshold used the validation split only; the test split was evaluated once.",
+        "",
+        "## Results",
+        "",
+    ]
+    evaluations = card.get("evaluation", {})
+    if not evaluations:
+        lines.append("Not evaluated yet: run `cxr evaluate --split test --update-card`.")
+    for split, evaluation in evaluations.items():
+        lines += _metrics_section(split, evaluation)
+    lines += [
+        "## Calibration",
+        "",
+        "ECE (10 equal-width bins) is in the tables above. Probabilities come from a network trained with",
+        "re-weighted classes and sources, so they are not calibrated to any clinical prevalence.",
+        "",
+        "## Known shortcut risks and limits",
+        "",
+        "- **Source confounding.** Every COVID image comes from one collection of paper figures; nearly every",
+        "  negative from one hospital. High overall AUROC on this data does not show the model sees COVID. The",
+        "  within-source AUROC (ieee8023 covid vs ieee8023 non-COVID pneumonia and normals) is the figure the",
+        "  source shortcut cannot explain; its CI is wide because there are few ieee8023 negatives.",
+        "- Mitigations used: lung crop, CLAHE, border trimming, augmentation of JPEG quality, blur, resolution,",
+        "  contrast and field of view, a fixed weight share for ieee8023 negatives, selection on within-source",
+        "  AUROC. The CAM grid shows where the model looks per source and class.",
+        "- **Not validated on:** other hospitals' films (an external test set is kept outside this project),",
+        "  children, portable ICU films beyond those in ieee8023, DICOM from real PACS at scale, lateral views,",
+        '  other diseases with similar patterns (the negatives include only NIH "pneumonia" labels mined by NLP',
+        "  and a few ieee8023 pneumonias).",
+        "- Label noise: NIH labels were mined from reports; ieee8023 COVID images span all severities.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def training_parity(card: dict[str, Any]) -> str:
+    return f"{card['export']['parity_max_abs_diff']:.1e}"

@@ -1,0 +1,135 @@
+"""Binary classification metrics reported the way a reader can check them: AUROC with a bootstrap CI,
+operating-point metrics at a stated threshold, calibration, and the same broken down by source."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def auroc(y_true: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U with ties counted half); None with a single class."""
+    y_true = np.asarray(y_true).astype(bool)
+    positives, negatives = scores[y_true], scores[~y_true]
+    if len(positives) == 0 or len(negatives) == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(average, counts)
+    u = ranks[y_true].sum() - len(positives) * (len(positives) + 1) / 2.0
+    return float(u / (len(positives) * len(negatives)))
+
+
+def bootstrap_auroc_ci(
+    y_true: np.ndarray, scores: np.ndarray, *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Percentile CI from resampling positives and negatives separately (keeps both classes present)."""
+    y_true = np.asarray(y_true).astype(bool)
+    positives, negatives = scores[y_true], scores[~y_true]
+    if len(positives) < 2 or len(negatives) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    values = np.empty(resamples)
+    labels = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
+    for index in range(resamples):
+        sample = np.r_[rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))]
+        values[index] = auroc(labels, sample)  # type: ignore[assignment]
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def choose_threshold(y_true: np.ndarray, scores: np.ndarray, min_sensitivity: float = 0.90) -> float:
+    """Highest specificity among thresholds whose sensitivity is >= min_sensitivity (ties: higher threshold)."""
+    y_true = np.asarray(y_true).astype(bool)
+    candidates = np.unique(scores)[::-1]
+    best, best_spec = float(candidates[-1]), -1.0
+    for threshold in candidates:
+        predicted = scores >= threshold
+        sensitivity = predicted[y_true].mean() if y_true.any() else 0.0
+        if sensitivity < min_sensitivity:
+            continue
+        specificity = (~predicted[~y_true]).mean() if (~y_true).any() else 0.0
+        if specificity > best_spec:
+            best, best_spec = float(threshold), float(specificity)
+    return best
+
+
+def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, bins: int = 10) -> float:
+    """ECE over equal-width probability bins (weighted mean |accuracy - confidence| of the positive class)."""
+    y_true = np.asarray(y_true).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.mean() * abs(y_true[members].mean() - scores[members].mean())
+    return float(total)
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return float(numerator / denominator) if denominator else None
+
+
+def operating_point(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    y_true = np.asarray(y_true).astype(bool)
+    predicted = scores >= threshold
+    tp = int(np.sum(predicted & y_true))
+    fp = int(np.sum(predicted & ~y_true))
+    tn = int(np.sum(~predicted & ~y_true))
+    fn = int(np.sum(~predicted & y_true))
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision and recall
+        else (0.0 if precision is not None and recall is not None else None)
+    )
+    return {
+        "threshold": threshold,
+        "accuracy": _ratio(tp + tn, len(y_true)),
+        "sensitivity": recall,
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": precision,
+        "npv": _ratio(tn, tn + fn),
+        "f1": f1,
+        "confusion_matrix": {
+            "labels": ["negative", "positive"],
+            "matrix": [[tn, fp], [fn, tp]],
+            "tn": tn,
+            "fp": fp,
+            "fn": fn,
+            "tp": tp,
+        },
+    }
+
+
+def summarize(y_true: np.ndarray, scores: np.ndarray, threshold: float, *, seed: int = 0) -> dict[str, Any]:
+    """Everything for one set: counts, AUROC with 95% CI, operating point, calibration."""
+    y_true = np.asarray(y_true).astype(bool)
+    value = auroc(y_true, scores)
+    ci = bootstrap_auroc_ci(y_true, scores, seed=seed) if value is not None else None
+    return {
+        "n": len(y_true),
+        "positives": int(y_true.sum()),
+        "negatives": int((~y_true).sum()),
+        "auroc": value,
+        "auroc_ci95": list(ci) if ci else None,
+        **operating_point(y_true, scores, threshold),
+        "ece": expected_calibration_error(y_true, scores),
+    }
+
+
+def by_group(
+    y_true: np.ndarray, scores: np.ndarray, groups: Sequence[str], threshold: float
+) -> dict[str, Any]:
+    groups_array = np.asarray(groups)
+    return {
+        str(group): summarize(y_true[groups_array == group], scores[groups_array == group], threshold)
+        for group in sorted(set(groups))
+    }

@@ -1,0 +1,206 @@
+"""`cxr export`: a training run folder -> a model repository entry `<repo>/<name>/<version>/`.
+
+Writes `model.onnx` (input `image` (N, S, S, 1); outputs `probabilities` (N, K) and, for designs with a
+GAP head, `cam` (N, h, w): the positive class's activation map in logit units, computed in the same forward
+pass), the lung segmenter, `split.csv`, and `card.json` with every file's sha256. Parity with Keras is
+verified on at least 64 real images (max abs difference of probabilities <= 1e-4) or the export fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.dataset import read_manifest, read_split
+from export.tf_onnx import OPSET, ParityError, export_function
+from service.model import CARD_FILE, MODEL_FILE, SEGMENTER_FILE, Segmenter, sha256_file
+from service.preprocess import PreprocessSpec
+
+logger = logging.getLogger(__name__)
+
+MIN_PARITY_IMAGES = 64
+INTENDED_USE = (
+    "Research use only. Not for diagnosis, triage or any clinical decision. Trained on public data whose "
+    "COVID-19 and non-COVID images come from different sources; see the model card for its limits."
+)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run folder written by `cxr train`")
+    parser.add_argument("--manifest", required=True, help="the training manifest (parity images, sha256)")
+    parser.add_argument("--repository", default="models", help="model repository root")
+    parser.add_argument("--name", default="cxr-compact")
+    parser.add_argument("--version", default="1")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+
+
+def build_serving_function(model: Any, labels: list[str], feature_layer: str | None) -> Any:
+    """tf.function: image -> {probabilities, cam?}. The CAM is exact for GAP + dense heads:
+    mean over (h, w) of `cam` plus the dense bias equals the positive logit."""
+    import keras
+    import tensorflow as tf
+
+    size = model.input_shape[1]
+    positive = labels.index("covid")
+    head = model.get_layer("head")
+    features_model = (
+        keras.Model(model.input, model.get_layer(feature_layer).output) if feature_layer else None
+    )
+
+    @tf.function(input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32, name="image")])
+    def serve(image: Any) -> dict[str, Any]:
+        logits = model(image, training=False)
+        if logits.shape[-1] == 1:
+            covid = tf.sigmoid(logits[:, 0])
+            probabilities = tf.stack([1.0 - covid, covid], axis=1)
+        else:
+            probabilities = tf.nn.softmax(logits, axis=-1)
+        outputs = {"probabilities": probabilities}
+        if features_model is not None:
+            features = features_model(image, training=False)
+            kernel = head.kernel[:, 0 if logits.shape[-1] == 1 else positive]
+            outputs["cam"] = tf.tensordot(features, kernel, axes=[[3], [0]])
+        return outputs
+
+    return serve
+
+
+def export_run(
+    run: Path, manifest: Path, repository: Path, name: str, version: str, tolerance: float = 1e-4
+) -> Path:
+    import keras
+
+    from export.architectures import REGISTRY
+    from export.dataset import manifest_sha256
+    from export.train import load_examples, training_tensor
+
+    summary = json.loads((run / "train.json").read_text())
+    labels: list[str] = summary["labels"]
+    spec = PreprocessSpec.from_dict(summary["preprocessing"])
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    arch = REGISTRY[summary["architecture"]["name"]]
+    _, feature_layer = (None, None)
+    if arch.has_cam:
+        feature_layer = "features_relu" if arch.name == "compact" else "features"
+
+    # Parity on real images the model did not train on (val, then test), through the shared preprocessing.
+    split = read_split(run / "split.csv")
+    rows = [r for r in read_manifest(manifest) if split.get(r.file) in ("val", "test")][
+        : MIN_PARITY_IMAGES * 2
+    ]
+    if len(rows) < MIN_PARITY_IMAGES:
+        rows = read_manifest(manifest)[: MIN_PARITY_IMAGES * 2]
+    segment = Segmenter(run / SEGMENTER_FILE, spec) if summary.get("segmenter") else None
+    examples = load_examples(rows, labels, spec, segment)
+    samples = np.stack([training_tensor(e, spec) for e in examples])
+    serve = build_serving_function(model, labels, feature_layer)
+
+    target = repository / name / version
+    target.mkdir(parents=True, exist_ok=True)
+    metadata = {
+        "name": name,
+        "version": version,
+        "labels": json.dumps(labels),
+        "positive_label": "covid",
+        "threshold": repr(summary["threshold"]),
+        "input": json.dumps(
+            {
+                "name": "image",
+                "shape": [-1, spec.input_size, spec.input_size, 1],
+                "datatype": "FP32",
+                "range": [0, 1],
+            }
+        ),
+        "preprocessing": json.dumps(spec.to_dict()),
+        "training_manifest_sha256": manifest_sha256(manifest),
+        "headline_metrics": json.dumps(
+            {
+                "val_auroc": summary["best"]["val_auroc"],
+                "val_within_source_auroc": summary["best"]["val_within_source_auroc"],
+            }
+        ),
+        "intended_use": INTENDED_USE,
+    }
+    if len(samples) < MIN_PARITY_IMAGES:
+        raise ParityError(f"only {len(samples)} parity images; need {MIN_PARITY_IMAGES}")
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        return serve(batch)["probabilities"].numpy()  # type: ignore[no-any-return]
+
+    difference = export_function(
+        serve,
+        target / MODEL_FILE,
+        reference=reference,
+        samples=samples,
+        tolerance=tolerance,
+        metadata=metadata,
+        output="probabilities",
+    )
+    files = {MODEL_FILE: sha256_file(target / MODEL_FILE)}
+    if summary.get("segmenter"):
+        shutil.copyfile(run / SEGMENTER_FILE, target / SEGMENTER_FILE)
+        files[SEGMENTER_FILE] = sha256_file(target / SEGMENTER_FILE)
+    shutil.copyfile(run / "split.csv", target / "split.csv")
+    for extra in ("curves.png",):
+        if (run / extra).is_file():
+            shutil.copyfile(run / extra, target / extra)
+    card = {
+        "name": name,
+        "version": version,
+        "labels": labels,
+        "positive_label": "covid",
+        "threshold": summary["threshold"],
+        "threshold_rule": summary["threshold_rule"],
+        "files": files,
+        "segmenter": SEGMENTER_FILE if summary.get("segmenter") else None,
+        "preprocessing": spec.to_dict(),
+        "input": json.loads(metadata["input"]),
+        "outputs": ["probabilities", *(["cam"] if feature_layer else [])],
+        "opset": OPSET,
+        "intended_use": INTENDED_USE,
+        "architecture": summary["architecture"],
+        "training": {
+            "command": summary.get("command"),
+            "arguments": summary["arguments"],
+            "manifest_sha256": metadata["training_manifest_sha256"],
+            "split_counts": summary["split_counts"],
+            "best_epoch": summary["best"],
+            "epochs_run": summary["epochs_run"],
+            "train_seconds": summary["train_seconds"],
+            "lung_crop": summary["lung_crop"],
+        },
+        "export": {"parity_images": len(samples), "parity_max_abs_diff": difference, "tolerance": tolerance},
+    }
+    previous = target / CARD_FILE
+    if previous.is_file():  # keep evaluation results written earlier for the same files
+        old = json.loads(previous.read_text())
+        if old.get("files") == files and "evaluation" in old:
+            card["evaluation"] = old["evaluation"]
+    (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    logger.info("wrote %s (parity %.2e on %d images)", target, difference, len(samples))
+    return target
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        export_run(
+            Path(args.run),
+            Path(args.manifest),
+            Path(args.repository),
+            args.name,
+            args.version,
+            args.tolerance,
+        )
+    except ParityError as error:
+        logger.error("export failed: %s", error)
+        return 1
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        logger.error("export failed: %s", error)
+        return 2
+    return 0

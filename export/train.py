@@ -1,0 +1,385 @@
+"""`cxr train`: train a registered CNN on a manifest, select on validation, write a run folder.
+
+The run folder holds `model.keras`, `split.csv` (the patient-disjoint split, for audit), `history.json`,
+`curves.png` (loss, accuracy, AUROC; train vs validation), `train.json` (command, settings, timings,
+the validation threshold) and a copy of the lung segmenter. `cxr export` turns it into a model repository
+entry; `cxr evaluate` measures it on the test split through the ONNX graph.
+
+Against the source shortcut (see the model card): the shared preprocessing crops to the lungs and applies
+CLAHE; augmentation perturbs what differs by source (JPEG quality, blur, resolution, contrast, field of
+view) and not anatomy (no flips: the heart is on the left); non-COVID images from the COVID source
+(ieee8023) get a fixed share of the negative class's weight so the network must separate COVID from
+other pneumonias *within* that source; and checkpoints are selected on the mean of overall and
+within-source validation AUROC, not on overall AUROC, which the shortcut alone can push to ~1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from export.dataset import (
+    LABELS_BINARY,
+    LABELS_THREE,
+    Row,
+    read_manifest,
+    split_by_patient,
+    target,
+    write_split,
+)
+from export.metrics import auroc, choose_threshold
+from service.decode import decode_file
+from service.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
+
+logger = logging.getLogger(__name__)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    from export.architectures import REGISTRY
+
+    parser.add_argument("--manifest", required=True, help="manifest CSV (file,label,source,patient_id,...)")
+    parser.add_argument("--arch", default="compact", choices=sorted(REGISTRY))
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--out", required=True, help="run folder to create")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--patience", type=int, default=10, help="early stopping on the validation score")
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--task", choices=["binary", "three-class"], default="binary")
+    parser.add_argument(
+        "--segmenter", default=None, help="lungseg.onnx for lung cropping ('none' turns it off)"
+    )
+    parser.add_argument("--input-size", type=int, default=None, help="override the architecture's input size")
+    parser.add_argument(
+        "--weights", choices=["imagenet"], default=None, help="pretrained weights you have locally"
+    )
+    parser.add_argument(
+        "--source-balance",
+        type=float,
+        default=0.35,
+        help="share of the negative class weight given to negatives from COVID sources",
+    )
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--min-sensitivity", type=float, default=0.90, help="threshold rule on validation")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N rows (smoke tests)")
+
+
+@dataclass
+class Example:
+    row: Row
+    pixels: np.ndarray
+    geometry: Geometry
+    target: int
+
+
+def load_examples(
+    rows: Sequence[Row], labels: Sequence[str], spec: PreprocessSpec, segment: MaskFn | None
+) -> list[Example]:
+    """Decode through the service's decoder and locate the crop once per image (cached for all epochs)."""
+    examples = []
+    for row in rows:
+        pixels = decode_file(str(row.path)).pixels
+        examples.append(Example(row, pixels, locate(pixels, spec, segment), target(row.label, labels)))
+    return examples
+
+
+def training_tensor(example: Example, spec: PreprocessSpec) -> np.ndarray:
+    """Unaugmented training input: the same function calls as `service.preprocess.preprocess`."""
+    return crop_and_finish(example.pixels, example.geometry, spec)
+
+
+def augment(example: Example, spec: PreprocessSpec, rng: np.random.Generator) -> np.ndarray:
+    """A randomly perturbed training input: photometric changes on the whole image, then a jittered,
+    slightly rotated crop around the lung box."""
+    image = example.pixels
+    if rng.random() < 0.5:
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 95))])
+        if ok:
+            image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+    if rng.random() < 0.3:
+        factor = rng.uniform(0.35, 0.8)
+        small = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(small, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.5))
+    values = image.astype(np.float32) / 255.0
+    values = values ** rng.uniform(0.7, 1.45)
+    values = (values - 0.5) * rng.uniform(0.75, 1.35) + 0.5 + rng.uniform(-0.1, 0.1)
+    if rng.random() < 0.2:
+        values = values + rng.normal(0, rng.uniform(0.005, 0.03), values.shape)
+    image = np.clip(values * 255.0, 0, 255).astype(np.uint8)
+
+    x0, y0, x1, y1 = example.geometry.box
+    width, height = x1 - x0, y1 - y0
+    scale_x, scale_y = rng.uniform(0.9, 1.18, size=2)
+    center_x = (x0 + x1) / 2 + rng.uniform(-0.06, 0.06) * width
+    center_y = (y0 + y1) / 2 + rng.uniform(-0.06, 0.06) * height
+    size = spec.input_size
+    matrix = cv2.getRotationMatrix2D((center_x, center_y), rng.uniform(-7, 7), 1.0)
+    # Map the jittered box onto the output square: translate its corner to 0, then scale.
+    half_w, half_h = width * scale_x / 2, height * scale_y / 2
+    to_output = np.array([[size / (2 * half_w), 0, 0], [0, size / (2 * half_h), 0]], dtype=np.float64)
+    matrix[0, 2] -= center_x - half_w
+    matrix[1, 2] -= center_y - half_h
+    affine = to_output[:, :2] @ matrix
+    fill = int(rng.choice([0, int(np.median(image))]))
+    crop = cv2.warpAffine(
+        image,
+        affine,
+        (size, size),
+        flags=cv2.INTER_AREA if width > size else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=fill,
+    )
+    return finish(crop, spec)[:, :, None]
+
+
+def sample_weights(examples: Sequence[Example], source_balance: float) -> np.ndarray:
+    """Balance classes; within negatives, give negatives from COVID-bearing origins `source_balance` share."""
+    targets = np.array([e.target for e in examples])
+    origins = np.array([e.row.origin for e in examples])
+    covid_origins = {o for o, t in zip(origins, targets, strict=True) if t == targets.max()}
+    weights = np.zeros(len(examples))
+    total = float(len(examples))
+    classes = np.unique(targets)
+    for cls in classes:
+        members = targets == cls
+        share = total / len(classes)
+        if cls == targets.max() or source_balance <= 0:
+            weights[members] = share / members.sum()
+            continue
+        inside = members & np.isin(origins, list(covid_origins))
+        outside = members & ~inside
+        if inside.any() and outside.any():
+            weights[inside] = share * source_balance / inside.sum()
+            weights[outside] = share * (1 - source_balance) / outside.sum()
+        else:
+            weights[members] = share / members.sum()
+    return weights.astype(np.float32)
+
+
+def positive_scores(logits: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    if logits.shape[1] == 1:
+        return 1.0 / (1.0 + np.exp(-logits[:, 0]))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True))[:, list(labels).index("covid")]
+
+
+def within_source_auroc(examples: Sequence[Example], scores: np.ndarray) -> float | None:
+    """AUROC among images of origins that have both classes (ieee8023): what the source cue cannot explain."""
+    targets = np.array([e.target == max(x.target for x in examples) for e in examples])
+    origins = np.array([e.row.origin for e in examples])
+    mixed = [o for o in set(origins) if targets[origins == o].any() and (~targets[origins == o]).any()]
+    keep = np.isin(origins, mixed)
+    return auroc(targets[keep], scores[keep]) if keep.any() else None
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import keras
+
+    from export.architectures import REGISTRY, build
+    from service.model import Segmenter
+
+    keras.utils.set_random_seed(args.seed)
+    started = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels = LABELS_BINARY if args.task == "binary" else LABELS_THREE
+    arch = REGISTRY[args.arch]
+    use_crop = args.segmenter not in (None, "none")
+    spec = PreprocessSpec(input_size=args.input_size or arch.input_size, lung_crop=use_crop)
+    segment = Segmenter(Path(args.segmenter), spec) if use_crop else None
+
+    rows = read_manifest(args.manifest)[: args.limit]
+    split = split_by_patient(
+        rows, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction
+    )
+    write_split(out / "split.csv", rows, split)
+    train_rows = [r for r in rows if split[r.file] == "train"]
+    val_rows = [r for r in rows if split[r.file] == "val"]
+    logger.info(
+        "split: %d train, %d val, %d test images (patient-disjoint)",
+        len(train_rows),
+        len(val_rows),
+        sum(1 for r in rows if split[r.file] == "test"),
+    )
+    train_examples = load_examples(train_rows, labels, spec, segment)
+    val_examples = load_examples(val_rows, labels, spec, segment)
+    crop_stats = _crop_stats(train_examples + val_examples)
+    logger.info("lung crop by origin: %s", crop_stats)
+    val_x = np.stack([training_tensor(e, spec) for e in val_examples])
+    val_t = np.array([e.target for e in val_examples])
+    weights = sample_weights(train_examples, args.source_balance)
+
+    outputs = 1 if len(labels) == 2 else len(labels)
+    model, _ = build(args.arch, outputs, weights=args.weights, input_size=spec.input_size)
+    loss = (
+        keras.losses.BinaryCrossentropy(from_logits=True)
+        if outputs == 1
+        else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
+    steps = max(1, int(np.ceil(len(train_examples) / args.batch_size)))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        args.learning_rate, decay_steps=steps * args.epochs, alpha=0.05
+    )
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    rng = np.random.default_rng(args.seed)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"score": -1.0}
+    best_weights = model.get_weights()
+    positive = max(e.target for e in train_examples)
+    for epoch in range(1, args.epochs + 1):
+        epoch_started = time.monotonic()
+        order = rng.permutation(len(train_examples))
+        train_x = np.stack([augment(train_examples[i], spec, rng) for i in order])
+        train_t = np.array([train_examples[i].target for i in order], dtype=np.float32)
+        fit = model.fit(
+            train_x,
+            train_t if outputs > 1 else train_t[:, None],
+            sample_weight=weights[order],
+            batch_size=args.batch_size,
+            epochs=1,
+            verbose=0,
+        )
+        train_logits = model.predict(train_x, batch_size=64, verbose=0)
+        val_logits = model.predict(val_x, batch_size=64, verbose=0)
+        val_loss = float(loss(val_t if outputs > 1 else val_t[:, None].astype(np.float32), val_logits))
+        train_scores = positive_scores(train_logits, labels)
+        val_scores = positive_scores(val_logits, labels)
+        val_within = within_source_auroc(val_examples, val_scores)
+        val_auc = auroc(val_t == positive, val_scores) or 0.0
+        score = (val_auc + val_within) / 2 if val_within is not None else val_auc
+        record = {
+            "epoch": epoch,
+            "loss": float(fit.history["loss"][-1]),
+            "val_loss": val_loss,
+            "accuracy": float(np.mean((train_scores >= 0.5) == (train_t == positive))),
+            "val_accuracy": float(np.mean((val_scores >= 0.5) == (val_t == positive))),
+            "auroc": auroc(train_t == positive, train_scores),
+            "val_auroc": val_auc,
+            "val_within_source_auroc": val_within,
+            "selection_score": score,
+            "seconds": round(time.monotonic() - epoch_started, 1),
+        }
+        history.append(record)
+        logger.info(
+            "epoch %d/%d loss %.4f val_loss %.4f val AUROC %.4f within-source %s score %.4f (%.0fs)",
+            epoch,
+            args.epochs,
+            record["loss"],
+            val_loss,
+            val_auc,
+            f"{val_within:.4f}" if val_within is not None else "n/a",
+            score,
+            record["seconds"],
+        )
+        if score > best["score"]:
+            best = {
+                "score": score,
+                "epoch": epoch,
+                "val_auroc": val_auc,
+                "val_within_source_auroc": val_within,
+            }
+            best_weights = model.get_weights()
+            best_val_scores = val_scores
+        elif epoch - best["epoch"] >= args.patience:
+            logger.info("early stop: no validation improvement for %d epochs", args.patience)
+            break
+    model.set_weights(best_weights)
+    model.save(out / "model.keras")
+    threshold = choose_threshold(val_t == positive, best_val_scores, args.min_sensitivity)
+    if use_crop:
+        shutil.copyfile(args.segmenter, out / "lungseg.onnx")
+    summary = {
+        "command": "cxr train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if sys.argv[1:2] == ["train"]
+        else None,
+        "arguments": {k: v for k, v in vars(args).items() if k not in ("handler", "command", "verbose")},
+        "architecture": {
+            "name": arch.name,
+            "description": arch.description,
+            "has_cam": arch.has_cam,
+            "parameters": int(model.count_params()),
+        },
+        "labels": labels,
+        "positive_label": "covid",
+        "preprocessing": spec.to_dict(),
+        "segmenter": "lungseg.onnx" if use_crop else None,
+        "best": best,
+        "threshold": threshold,
+        "threshold_rule": f"highest validation specificity with validation sensitivity >= {args.min_sensitivity:.2f}",
+        "split_counts": {s: sum(1 for r in rows if split[r.file] == s) for s in ("train", "val", "test")},
+        "lung_crop": crop_stats,
+        "train_seconds": round(time.monotonic() - started, 1),
+        "epochs_run": len(history),
+    }
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    (out / "train.json").write_text(json.dumps(summary, indent=2))
+    plot_curves(history, out / "curves.png")
+    logger.info(
+        "best epoch %d: val AUROC %.4f, within-source %s; threshold %.4f; %.0f s",
+        best["epoch"],
+        best["val_auroc"],
+        best["val_within_source_auroc"],
+        threshold,
+        summary["train_seconds"],
+    )
+    return summary
+
+
+def _crop_stats(examples: Sequence[Example]) -> dict[str, dict[str, int]]:
+    stats: dict[str, dict[str, int]] = {}
+    for example in examples:
+        per_origin = stats.setdefault(example.row.origin, {})
+        per_origin[example.geometry.lung_crop] = per_origin.get(example.geometry.lung_crop, 0) + 1
+    return stats
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for axis, key, title in zip(
+        axes, ("loss", "accuracy", "auroc"), ("loss", "accuracy (at 0.5)", "AUROC"), strict=True
+    ):
+        axis.plot(epochs, [h[key] for h in history], label="train (augmented)")
+        axis.plot(epochs, [h[f"val_{key}"] for h in history], label="validation")
+        if key == "auroc":
+            axis.plot(
+                epochs, [h["val_within_source_auroc"] for h in history], label="validation, within ieee8023"
+            )
+        axis.set_title(title)
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=8)
+    figure.suptitle("Training curves (research use only)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(args: argparse.Namespace) -> int:
+    from export.dataset import ManifestError
+
+    try:
+        train(args)
+    except (ManifestError, FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 2
+    return 0

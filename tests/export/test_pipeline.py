@@ -1,0 +1,168 @@
+"""A tiny real run of the whole model pipeline: train -> export (with parity) -> evaluate -> predict."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("tensorflow", reason="the [train] extra is not installed")
+
+from export.dataset import read_manifest, read_split
+from service.cli import main as cxr
+from service.model import OnnxModel
+
+
+@pytest.fixture(scope="module")
+def exported(synthetic_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("pipeline")
+    run = work / "run"
+    assert (
+        cxr(
+            [
+                "train",
+                "--manifest",
+                str(synthetic_manifest),
+                "--arch",
+                "compact",
+                "--epochs",
+                "2",
+                "--input-size",
+                "64",
+                "--segmenter",
+                "none",
+                "--out",
+                str(run),
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cxr(
+            [
+                "export",
+                "--run",
+                str(run),
+                "--manifest",
+                str(synthetic_manifest),
+                "--repository",
+                str(work / "repo"),
+                "--name",
+                "tiny",
+                "--version",
+                "3",
+            ]
+        )
+        == 0
+    )
+    return work
+
+
+def test_train_writes_an_auditable_patient_disjoint_split(exported: Path, synthetic_manifest: Path) -> None:
+    run = exported / "run"
+    split = read_split(run / "split.csv")
+    rows = read_manifest(synthetic_manifest)
+    assert set(split) == {r.file for r in rows}
+    by_patient: dict[str, set[str]] = {}
+    for row in rows:
+        by_patient.setdefault(row.patient_id, set()).add(split[row.file])
+    assert all(len(s) == 1 for s in by_patient.values())
+    summary = json.loads((run / "train.json").read_text())
+    assert 0.0 <= summary["threshold"] <= 1.0
+    assert (run / "curves.png").stat().st_size > 1000
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_exported_graph_has_named_io_dynamic_batch_and_metadata(exported: Path) -> None:
+    path = exported / "repo" / "tiny" / "3" / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == ["image"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert not dims[0].HasField("dim_value")  # dynamic batch axis
+    assert [d.dim_value for d in dims[1:]] == [64, 64, 1]
+    assert [o.name for o in graph.output] == ["cam", "probabilities"] or [o.name for o in graph.output] == [
+        "probabilities",
+        "cam",
+    ]
+    metadata = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(metadata["labels"]) == ["non-covid", "covid"]
+    assert "training_manifest_sha256" in metadata
+    card = json.loads((path.parent / "card.json").read_text())
+    assert card["export"]["parity_max_abs_diff"] <= 1e-4
+    assert card["export"]["parity_images"] >= 64
+
+
+def test_cam_is_exact_for_the_gap_head(exported: Path, synthetic_manifest: Path) -> None:
+    model = OnnxModel(exported / "repo" / "tiny" / "3")
+    rows = read_manifest(synthetic_manifest)[:8]
+    from service.decode import decode_file
+
+    batch = np.stack([model.prepare(decode_file(str(r.path)).pixels)[0] for r in rows])
+    probabilities, cam = model.run(batch)
+    assert cam is not None
+    # mean(cam) + bias = logit; recover the bias from one image and check it holds for all.
+    logits = np.log(probabilities[:, 1] / probabilities[:, 0])
+    bias = logits - cam.mean(axis=(1, 2))
+    assert np.allclose(bias, bias[0], atol=1e-3)
+
+
+def test_evaluate_and_predict_on_the_exported_model(exported: Path, synthetic_manifest: Path) -> None:
+    model_dir = exported / "repo" / "tiny" / "3"
+    out = exported / "eval"
+    status = cxr(
+        [
+            "evaluate",
+            "--manifest",
+            str(synthetic_manifest),
+            "--model",
+            str(model_dir),
+            "--split",
+            "test",
+            "--out",
+            str(out),
+            "--update-card",
+        ]
+    )
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    test_files = [f for f, s in read_split(model_dir / "split.csv").items() if s == "test"]
+    assert metrics["overall"]["n"] == len(test_files)
+    assert metrics["overall"]["auroc_ci95"] is not None
+    for name in ("roc.png", "confusion_matrix.png", "classification_report.txt", "cam_grid.png"):
+        assert (out / name).stat().st_size > 0
+    assert "evaluation" in json.loads((model_dir / "card.json").read_text())
+    assert "RESEARCH USE ONLY" in (model_dir / "card.md").read_text()
+
+    image = synthetic_manifest.parent / test_files[0]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "predict",
+            str(image),
+            "--model",
+            str(model_dir),
+            "--format",
+            "jsonl",
+            "--heatmap",
+            str(exported / "heat"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(record["probabilities"]) == {"non-covid", "covid"}
+    assert abs(sum(record["probabilities"].values()) - 1) < 1e-5
+    assert record["label"] in ("covid", "non-covid")
+    assert (exported / "heat" / f"{image.stem}_cam.png").is_file()

@@ -1,0 +1,70 @@
+"""`cxr predict` on the bundled model: a label and probabilities for good files, one-line errors for bad ones."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from service.model import default_repository, find_versions
+
+from .conftest import synthetic_xray
+
+pytestmark = pytest.mark.skipif(
+    not find_versions(default_repository()), reason="no bundled model under models/"
+)
+
+
+def _cxr(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_predict_png_prints_label_and_probabilities(tmp_path: Path) -> None:
+    image = tmp_path / "chest.png"
+    cv2.imwrite(str(image), synthetic_xray(np.random.default_rng(0), False, size=256))
+    table = _cxr("predict", str(image))
+    assert table.returncode == 0, table.stderr
+    assert "RESEARCH USE ONLY" in table.stdout
+    assert str(image) in table.stdout
+    jsonl = _cxr("predict", str(image), "--format", "jsonl")
+    record = json.loads(jsonl.stdout)
+    assert record["file"] == str(image)
+    assert record["label"] in ("covid", "non-covid")
+    assert set(record["probabilities"]) == {"covid", "non-covid"}
+    assert 0 <= record["threshold"] <= 1
+
+
+def test_bad_files_get_one_line_errors_and_nonzero_exit(tmp_path: Path) -> None:
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), synthetic_xray(np.random.default_rng(1), True, size=256))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(good.read_bytes()[:60])
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    missing = tmp_path / "missing.png"
+    result = _cxr(
+        "predict", str(corrupt), str(good), str(text), str(empty), str(missing), "--format", "jsonl"
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 4, errors
+    for path in (corrupt, text, empty, missing):
+        assert any(str(path) in line for line in errors)
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(good)]
+
+
+def test_evaluate_rejects_a_bad_manifest_with_one_line(tmp_path: Path) -> None:
+    result = _cxr("evaluate", "--manifest", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "manifest not found" in result.stderr
