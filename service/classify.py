@@ -1,7 +1,7 @@
 """POST /v1/classify: upload bytes -> decoded pixels -> tensors -> batcher -> labelled results.
 
-Bodies are read with the byte limit enforced while reading (413 as soon as it is crossed, never an
-unbounded buffer). Decoding and preprocessing run in the runtime's bounded pool, not on the event loop.
+Bodies come in through service.uploads (byte limit enforced while reading). Decoding and preprocessing
+run in the runtime's bounded pool, not on the event loop.
 The whole request runs under the deadline (504); once the body is in, a client that disconnects gets its
 queued images cancelled, so the batcher skips them.
 """
@@ -12,51 +12,39 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import TypeVar, cast
 
 import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.auth import require_api_key
 from service.batcher import BatchResult
-from service.decode import DecodedImage, ImageFormat, decode
-from service.errors import (
-    CxrError,
-    DeadlineExceeded,
-    InvalidParameter,
-    MalformedRequest,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-)
+from service.decode import DecodedImage, decode
+from service.errors import CxrError, DeadlineExceeded, InvalidParameter
 from service.model import ModelCard, OnnxModel
 from service.preprocess import Geometry, register_cam
 from service.repository import ServedModel
 from service.runtime import Runtime
-from service.schemas import Classification, ClassifyResponse, Heatmap, ImageInfo, ModelRef, Problem, Timing
+from service.schemas import (
+    CLASSIFY_REQUEST_BODY,
+    PROBLEM_RESPONSES,
+    Classification,
+    ClassifyResponse,
+    Heatmap,
+    ImageInfo,
+    ModelRef,
+    Timing,
+)
+from service.uploads import Upload, read_uploads
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 T = TypeVar("T")
 
-RAW_TYPES: dict[str, ImageFormat | None] = {
-    "image/png": "png",
-    "image/jpeg": "jpeg",
-    "image/jpg": "jpeg",
-    "application/dicom": "dicom",
-    "application/octet-stream": None,  # identified from the file signature
-}
 _NAME = r"^[A-Za-z0-9._-]{1,100}$"
-
-
-@dataclass(frozen=True)
-class _Upload:
-    data: bytes
-    fmt: ImageFormat | None
 
 
 @dataclass(frozen=True)
@@ -70,56 +58,7 @@ def runtime_of(request: Request) -> Runtime:
     return cast(Runtime, request.app.state.runtime)
 
 
-async def _bounded(stream: AsyncGenerator[bytes, None], limit: int) -> AsyncGenerator[bytes, None]:
-    total = 0
-    async for chunk in stream:
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-        yield chunk
-
-
-async def read_uploads(request: Request, limit: int, max_files: int) -> list[_Upload]:
-    """The images in a raw-body or multipart request; 413 over `limit` bytes, 415 for other types."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"The request body ({declared} bytes) is over the limit of {limit} bytes.")
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type == "multipart/form-data":
-        parser = MultiPartParser(
-            request.headers,
-            _bounded(request.stream(), limit),
-            max_files=max_files,
-            max_fields=16,
-            max_part_size=4096,
-        )
-        try:
-            form = await parser.parse()
-        except MultiPartException as error:
-            raise MalformedRequest(f"The multipart body could not be parsed: {error.message}") from None
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        try:
-            if not files:
-                raise InvalidParameter("The multipart body has no file parts; send images as file fields.")
-            uploads = []
-            for file in files:
-                part_type = (file.content_type or "").split(";")[0].strip().lower()
-                uploads.append(_Upload(await file.read(), RAW_TYPES.get(part_type)))
-            return uploads
-        finally:
-            await form.close()
-    if media_type not in RAW_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type {media_type or '(none)'} is not accepted; send image/png, image/jpeg, "
-            "application/dicom, application/octet-stream or multipart/form-data."
-        )
-    body = bytearray()
-    async for chunk in _bounded(request.stream(), limit):
-        body.extend(chunk)
-    return [_Upload(bytes(body), RAW_TYPES[media_type])]
-
-
-def _prepare(upload: _Upload, model: OnnxModel, max_pixels: int) -> _Prepared:
+def _prepare(upload: Upload, model: OnnxModel, max_pixels: int) -> _Prepared:
     decoded = decode(upload.data, max_pixels=max_pixels, fmt=upload.fmt)
     tensor, geometry = model.prepare(decoded.pixels)
     return _Prepared(tensor, geometry, decoded)
@@ -177,11 +116,11 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
     return None
 
 
-async def _prepare_all(runtime: Runtime, served: ServedModel, uploads: list[_Upload]) -> list[_Prepared]:
+async def _prepare_all(runtime: Runtime, served: ServedModel, uploads: list[Upload]) -> list[_Prepared]:
     loop = asyncio.get_running_loop()
     max_pixels = runtime.settings.max_pixels
 
-    async def one(index: int, upload: _Upload) -> _Prepared:
+    async def one(index: int, upload: Upload) -> _Prepared:
         try:
             return await loop.run_in_executor(runtime.pool, _prepare, upload, served.model, max_pixels)
         except CxrError as error:
@@ -210,7 +149,7 @@ async def _infer(served: ServedModel, prepared: list[_Prepared], deadline: float
 async def _classify(
     runtime: Runtime,
     served: ServedModel,
-    uploads: list[_Upload],
+    uploads: list[Upload],
     *,
     started: float,
     deadline: float,
@@ -261,44 +200,13 @@ async def _classify(
     return classifications
 
 
-_PROBLEMS: dict[int | str, dict[str, Any]] = {
-    status: {"model": Problem, "description": text, "content": {"application/problem+json": {}}}
-    for status, text in {
-        400: "Undecodable, empty or unsupported image, or malformed body",
-        401: "Missing or wrong API key (when keys are configured)",
-        404: "Unknown model or version",
-        413: "Body over the byte limit, or image over the pixel limit (from its header)",
-        415: "Unsupported Content-Type or file type",
-        422: "Invalid parameters",
-        429: "Queue full (when configured to answer 429)",
-        503: "Queue full, warming up, or shutting down (Retry-After)",
-        504: "Deadline exceeded",
-    }.items()
-}
-_BINARY = {"schema": {"type": "string", "format": "binary"}}
-_REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "image/png": _BINARY,
-        "image/jpeg": _BINARY,
-        "application/dicom": _BINARY,
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-            }
-        },
-    },
-}
-
-
 @router.post(
     "/v1/classify",
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
     dependencies=[Depends(require_api_key)],
-    responses=_PROBLEMS,
-    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses=PROBLEM_RESPONSES,
+    openapi_extra={"requestBody": CLASSIFY_REQUEST_BODY},
     summary="Classify chest X-rays (research use only)",
 )
 async def classify(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 NOTICE = (
@@ -65,3 +67,34 @@ class Problem(BaseModel):
     detail: str
     instance: str
     request_id: str | None = None
+
+
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": Problem, "description": text, "content": {"application/problem+json": {}}}
+    for status, text in {
+        400: "Undecodable, empty or unsupported image, or malformed body",
+        401: "Missing or wrong API key (when keys are configured)",
+        404: "Unknown model or version",
+        413: "Body over the byte limit, or image over the pixel limit (from its header)",
+        415: "Unsupported Content-Type or file type",
+        422: "Invalid parameters",
+        429: "Queue full (when configured to answer 429)",
+        503: "Queue full, warming up, or shutting down (Retry-After)",
+        504: "Deadline exceeded",
+    }.items()
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+CLASSIFY_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "image/png": _BINARY,
+        "image/jpeg": _BINARY,
+        "application/dicom": _BINARY,
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            }
+        },
+    },
+}

@@ -559,3 +559,32 @@ async def test_logs_hold_no_identifiers_or_pixels(model_dir: Path, caplog: pytes
     for secret in (PATIENT_NAME, "Doe", "Janet", PATIENT_ID, "31337", IDENTIFYING_FILENAME, "iVBOR"):
         assert secret not in text
     assert max(len(record.getMessage()) for record in caplog.records) < 1000  # no pixel dumps
+
+
+async def test_server_fault_is_a_500_problem_with_the_traceback_only_in_the_log(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve(settings_for(model_dir)) as client:
+
+        def broken(self: object, batch: np.ndarray) -> None:
+            raise RuntimeError("simulated onnxruntime failure")
+
+        monkeypatch.setattr("service.model.OnnxModel.run", broken)
+        response = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
+        monkeypatch.undo()
+        recovered = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
+    body = assert_problem(response, 500)
+    assert "simulated" not in body["detail"]
+    assert "Traceback" in caplog.text and "simulated onnxruntime failure" in caplog.text
+    assert body["request_id"] in caplog.text
+    assert recovered.status_code == 200  # the batcher survives a failed batch
+
+
+async def test_cors_is_off_by_default_and_configurable(model_dir: Path) -> None:
+    preflight = {"Origin": "https://viewer.example", "Access-Control-Request-Method": "POST"}
+    async with serve(settings_for(model_dir)) as client:
+        closed = await client.options("/v1/classify", headers=preflight)
+    async with serve(settings_for(model_dir, cors_origins=["https://viewer.example"])) as client:
+        opened = await client.options("/v1/classify", headers=preflight)
+    assert "access-control-allow-origin" not in closed.headers
+    assert opened.headers["access-control-allow-origin"] == "https://viewer.example"
