@@ -24,7 +24,7 @@ class Architecture:
     input_size: int
     has_cam: bool
     description: str
-    build: Callable[[int, str | None], tuple[Any, str | None]]
+    build: Callable[..., tuple[Any, str | None]]
 
 
 def _three_channels(inputs: Any) -> Any:
@@ -151,14 +151,14 @@ def _applications(kind: str) -> Callable[[int, str | None, int], tuple[Any, str 
 REGISTRY: dict[str, Architecture] = {
     "compact": Architecture(
         "compact", 224, True, "our compact CNN for fast CPU serving (GAP head, exact CAM)", compact_cnn
-    ),  # type: ignore[arg-type]
-    "basic": Architecture("basic", 150, False, "seed basic CNN, 150x150x3, Flatten->Dense512", basic_cnn),  # type: ignore[arg-type]
-    "small3": Architecture("small3", 150, False, "seed CNN Conv32-Conv16-Conv16 + Dense512-256", small3_cnn),  # type: ignore[arg-type]
-    "small2": Architecture("small2", 100, False, "seed CNN Conv32-Conv64 + Dense8", small2_cnn),  # type: ignore[arg-type]
-    "vgg16": Architecture("vgg16", 224, True, "VGG16 backbone + GAP head", _applications("vgg16")),  # type: ignore[arg-type]
+    ),
+    "basic": Architecture("basic", 150, False, "seed basic CNN, 150x150x3, Flatten->Dense512", basic_cnn),
+    "small3": Architecture("small3", 150, False, "seed CNN Conv32-Conv16-Conv16 + Dense512-256", small3_cnn),
+    "small2": Architecture("small2", 100, False, "seed CNN Conv32-Conv64 + Dense8", small2_cnn),
+    "vgg16": Architecture("vgg16", 224, True, "VGG16 backbone + GAP head", _applications("vgg16")),
     "resnet50": Architecture(
         "resnet50", 224, True, "ResNet50 backbone + GAP head", _applications("resnet50")
-    ),  # type: ignore[arg-type]
+    ),
 }
 
 
@@ -169,4 +169,4 @@ def build(
     if name not in REGISTRY:
         raise ValueError(f"unknown architecture {name!r}; choose from {', '.join(REGISTRY)}")
     arch = REGISTRY[name]
-    return arch.build(outputs, weights, input_size or arch.input_size)  # type: ignore[call-arg]
+    return arch.build(outputs, weights, input_size or arch.input_size)

@@ -121,7 +121,7 @@ def evaluate(model: OnnxModel, rows: Sequence[Row], out: Path) -> dict[str, Any]
         for name, value in by_group(truth, scores, origins, threshold).items()
         if value["positives"] and value["negatives"]
     }
-    metrics = {
+    metrics: dict[str, Any] = {
         "notice": NOTICE,
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
         "threshold": threshold,

@@ -64,8 +64,10 @@ def _augment(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> t
     height, width = image.shape
     scale = rng.uniform(0.55, 1.15)
     angle = rng.uniform(-8, 8)
-    matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale)
-    matrix[:, 2] += rng.uniform(-0.06, 0.06, size=2) * (width, height)
+    matrix = np.asarray(cv2.getRotationMatrix2D((width / 2, height / 2), angle, scale), dtype=np.float64)
+    matrix[:, 2] = matrix[:, 2] + rng.uniform(-0.06, 0.06, size=2) * np.array(
+        [width, height], dtype=np.float64
+    )
     fill = int(rng.choice([0, int(np.median(image)), 255]))
     image = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=fill)
     mask = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_NEAREST, borderValue=0)

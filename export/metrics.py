@@ -39,7 +39,7 @@ def bootstrap_auroc_ci(
     labels = np.r_[np.ones(len(positives), bool), np.zeros(len(negatives), bool)]
     for index in range(resamples):
         sample = np.r_[rng.choice(positives, len(positives)), rng.choice(negatives, len(negatives))]
-        values[index] = auroc(labels, sample)  # type: ignore[assignment]
+        values[index] = auroc(labels, sample) or 0.0
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 

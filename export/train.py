@@ -107,8 +107,8 @@ def augment(example: Example, spec: PreprocessSpec, rng: np.random.Generator) ->
     image = example.pixels
     if rng.random() < 0.5:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 95))])
-        if ok:
-            image = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE)
+        reencoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else None
+        image = reencoded if reencoded is not None else image
     if rng.random() < 0.3:
         factor = rng.uniform(0.35, 0.8)
         small = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
@@ -173,9 +173,9 @@ def sample_weights(examples: Sequence[Example], source_balance: float) -> np.nda
 
 def positive_scores(logits: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     if logits.shape[1] == 1:
-        return 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return np.asarray(1.0 / (1.0 + np.exp(-logits[:, 0])))
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True))[:, list(labels).index("covid")]
+    return np.asarray((shifted / shifted.sum(axis=1, keepdims=True))[:, list(labels).index("covid")])
 
 
 def within_source_auroc(examples: Sequence[Example], scores: np.ndarray) -> float | None:

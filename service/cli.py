@@ -42,7 +42,9 @@ def _serve() -> Handler:
 
 def _predict_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", help="PNG, JPEG or DICOM files")
-    parser.add_argument("--model", help="model name, version directory, or model.onnx path (default: bundled)")
+    parser.add_argument(
+        "--model", help="model name, version directory, or model.onnx path (default: bundled)"
+    )
     parser.add_argument("--format", choices=["table", "jsonl"], default="table")
     parser.add_argument("--heatmap", metavar="DIR", help="write CAM overlay PNGs into DIR")
 
@@ -86,7 +88,11 @@ def _export_flags(parser: argparse.ArgumentParser) -> None:
     add_flags(parser)
 
 
-@command("export", "export a trained Keras model to ONNX, verify parity, write the model repository entry", _export_flags)
+@command(
+    "export",
+    "export a trained Keras model to ONNX, verify parity, write the model repository entry",
+    _export_flags,
+)
 def _export() -> Handler:
     from export.onnx_export import main
 
@@ -99,7 +105,9 @@ def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
     add_flags(parser)
 
 
-@command("evaluate", "evaluate an ONNX model on a manifest (metrics.json, ROC, confusion matrix)", _evaluate_flags)
+@command(
+    "evaluate", "evaluate an ONNX model on a manifest (metrics.json, ROC, confusion matrix)", _evaluate_flags
+)
 def _evaluate() -> Handler:
     from export.evaluate import main
 
@@ -135,10 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command in _COMMANDS:
-        handler = _COMMANDS[args.command][2]()
-    else:
-        handler = args.handler
+    handler = _COMMANDS[args.command][2]() if args.command in _COMMANDS else args.handler
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:

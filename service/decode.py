@@ -115,10 +115,7 @@ def to_training_scale(pixels: np.ndarray) -> np.ndarray:
     if short <= SHORT_SIDE:
         return pixels
     scale = SHORT_SIDE / short
-    if height <= width:
-        size = (round(width * scale), SHORT_SIDE)
-    else:
-        size = (SHORT_SIDE, round(height * scale))
+    size = (round(width * scale), SHORT_SIDE) if height <= width else (SHORT_SIDE, round(height * scale))
     return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
@@ -157,7 +154,9 @@ def _to_gray8(pixels: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, 0])
 
 
-def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: ImageFormat | None = None) -> DecodedImage:
+def decode(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: ImageFormat | None = None
+) -> DecodedImage:
     """Decode PNG, JPEG or DICOM bytes to 8-bit grayscale at training scale.
 
     Raises InvalidImage (corrupt or empty), PayloadTooLarge (over `max_pixels`, from the header) or

@@ -75,7 +75,9 @@ class ModelCard:
                 raw=raw,
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ModelIntegrityError(f"{path}: unreadable model card ({type(error).__name__}: {error})") from None
+            raise ModelIntegrityError(
+                f"{path}: unreadable model card ({type(error).__name__}: {error})"
+            ) from None
 
 
 def verify_files(directory: Path, card: ModelCard) -> None:
@@ -94,11 +96,46 @@ def verify_files(directory: Path, card: ModelCard) -> None:
             )
 
 
+_GPU_LIBRARIES = {"CUDAExecutionProvider": "libcudart.so", "TensorrtExecutionProvider": "libnvinfer.so"}
+
+
+def _gpu_usable(provider: str) -> bool:
+    """onnxruntime-gpu lists CUDA/TensorRT even on hosts without a GPU, then logs errors at every session
+    and falls back to CPU. Only ask for a GPU provider when a driver and the provider's library load."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL("libcuda.so.1")  # the NVIDIA driver: absent on CPU-only hosts
+    except OSError:
+        return False
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* pip packages, when installed
+        except Exception:  # best effort; the CDLL probe below decides
+            logger.debug("onnxruntime.preload_dlls() failed", exc_info=True)
+    library = _GPU_LIBRARIES[provider]
+    for candidate in (library, *(f"{library}.{v}" for v in (12, 11, 10, 13))):
+        try:
+            ctypes.CDLL(candidate)
+            return True
+        except OSError:
+            continue
+    return ctypes.util.find_library(library.removeprefix("lib").removesuffix(".so")) is not None
+
+
 def available_providers(requested: list[str] | None) -> list[str]:
-    """Requested providers that this onnxruntime build has, in order; CPU is always last."""
+    """Providers to ask for, in order; CPU is always last.
+
+    Explicitly requested providers are passed through when this onnxruntime build has them; the default
+    (TensorRT, CUDA) keeps only those whose libraries really load, so CPU-only hosts start quietly.
+    `session.get_providers()` then reports what is actually in use.
+    """
     have = ort.get_available_providers()
-    wanted = requested or ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    chosen = [p for p in wanted if p in have and p != "CPUExecutionProvider"]
+    if requested:
+        chosen = [p for p in requested if p in have and p != "CPUExecutionProvider"]
+    else:
+        chosen = [p for p in _GPU_LIBRARIES if p in have and _gpu_usable(p)]
     return [*chosen, "CPUExecutionProvider"]
 
 
@@ -130,7 +167,10 @@ class Segmenter:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         tensor = segmenter_input(image, self.spec)[None, :, :, None]
         (mask,) = self.session.run(None, {self.input_name: tensor})
-        return cv2.resize(mask[0, :, :, 0], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        resized: np.ndarray = cv2.resize(
+            mask[0, :, :, 0], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR
+        )
+        return resized
 
 
 class OnnxModel:
@@ -156,7 +196,9 @@ class OnnxModel:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.positive_index = self.card.labels.index(self.card.positive_label)
-        self.segmenter = Segmenter(directory / self.card.segmenter, self.spec) if self.card.segmenter else None
+        self.segmenter = (
+            Segmenter(directory / self.card.segmenter, self.spec) if self.card.segmenter else None
+        )
 
     @property
     def name(self) -> str:
@@ -194,7 +236,11 @@ class OnnxModel:
             "labels": self.card.labels,
             "positive_label": self.card.positive_label,
             "threshold": self.card.threshold,
-            "input": {"name": self.input_name, "shape": [-1, self.input_size, self.input_size, 1], "datatype": "FP32"},
+            "input": {
+                "name": self.input_name,
+                "shape": [-1, self.input_size, self.input_size, 1],
+                "datatype": "FP32",
+            },
             "outputs": self.output_names,
             "providers": self.providers,
             "preprocessing": self.spec.to_dict(),
@@ -231,7 +277,11 @@ def load_default(model: str | Path | None = None, repository: Path | None = None
     versions = find_versions(repo)
     if not versions:
         raise FileNotFoundError(f"no model found under {repo}")
-    default = json.loads((repo / "default.json").read_text())["model"] if (repo / "default.json").is_file() else None
+    default = (
+        json.loads((repo / "default.json").read_text())["model"]
+        if (repo / "default.json").is_file()
+        else None
+    )
     chosen = [v for v in versions if v.parent.name == default] or versions
     return OnnxModel(chosen[-1], **kwargs)
 

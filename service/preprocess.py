@@ -107,8 +107,8 @@ def lung_box(image: np.ndarray, within: Box, spec: PreprocessSpec, segment: Mask
     right = int((stats[order, cv2.CC_STAT_LEFT] + stats[order, cv2.CC_STAT_WIDTH]).max())
     bottom = int((stats[order, cv2.CC_STAT_TOP] + stats[order, cv2.CC_STAT_HEIGHT]).max())
     height, width = region.shape
-    margin_x = int(round(spec.lung_margin * (right - left)))
-    margin_y = int(round(spec.lung_margin * (bottom - top)))
+    margin_x = round(spec.lung_margin * (right - left))
+    margin_y = round(spec.lung_margin * (bottom - top))
     box = (
         x0 + max(0, left - margin_x),
         y0 + max(0, top - margin_y),
@@ -148,7 +148,9 @@ def crop_and_finish(image: np.ndarray, geometry: Geometry, spec: PreprocessSpec)
     return finish(resized, spec)[:, :, None]
 
 
-def preprocess(image: np.ndarray, spec: PreprocessSpec, segment: MaskFn | None) -> tuple[np.ndarray, Geometry]:
+def preprocess(
+    image: np.ndarray, spec: PreprocessSpec, segment: MaskFn | None
+) -> tuple[np.ndarray, Geometry]:
     """Decoded uint8 grayscale -> (model input tensor (S, S, 1) float32, geometry for the CAM)."""
     geometry = locate(image, spec, segment)
     return crop_and_finish(image, geometry, spec), geometry
@@ -158,5 +160,7 @@ def register_cam(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Place a CAM (h, w) over the model input back onto the decoded image's grid (zeros outside the crop)."""
     x0, y0, x1, y1 = geometry.box
     full = np.zeros((geometry.height, geometry.width), dtype=np.float32)
-    full[y0:y1, x0:x1] = cv2.resize(cam.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    full[y0:y1, x0:x1] = cv2.resize(
+        cam.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
+    )
     return full
