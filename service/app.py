@@ -15,7 +15,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import classify, problems
+from service import classify, problems, v2, web
 from service.auth import require_api_key
 from service.classify import runtime_of
 from service.errors import ModelNotReady
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
     problems.install(app)
     app.include_router(classify.router)
+    app.include_router(web.router)
+    app.include_router(v2.router)
 
     @app.get("/healthz", summary="Liveness", tags=["operations"])
     async def healthz(request: Request) -> dict[str, str]:
