@@ -85,9 +85,9 @@ def export_run(
     spec = PreprocessSpec.from_dict(summary["preprocessing"])
     model = keras.models.load_model(run / "model.keras", compile=False)
     arch = REGISTRY[summary["architecture"]["name"]]
-    _, feature_layer = (None, None)
-    if arch.has_cam:
-        feature_layer = "features_relu" if arch.name == "compact" else "features"
+    feature_layer: str | None = summary["architecture"].get("feature_layer")
+    if arch.has_cam and feature_layer is None:  # run folders written before feature_layer was recorded
+        feature_layer = "features_relu" if arch.name.startswith("compact") else "features"
 
     # Parity on real images the model did not train on (val, then test), through the shared preprocessing.
     split = read_split(run / "split.csv")

@@ -225,7 +225,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     weights = sample_weights(train_examples, args.source_balance)
 
     outputs = 1 if len(labels) == 2 else len(labels)
-    model, _ = build(args.arch, outputs, weights=args.weights, input_size=spec.input_size)
+    model, feature_layer = build(args.arch, outputs, weights=args.weights, input_size=spec.input_size)
     loss = (
         keras.losses.BinaryCrossentropy(from_logits=True)
         if outputs == 1
@@ -310,6 +310,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "arguments": {k: v for k, v in vars(args).items() if k not in ("handler", "command", "verbose")},
         "architecture": {
             "name": arch.name,
+            "feature_layer": feature_layer,
             "description": arch.description,
             "has_cam": arch.has_cam,
             "parameters": int(model.count_params()),

@@ -114,6 +114,21 @@ def _evaluate() -> Handler:
     return main
 
 
+def _quantize_flags(parser: argparse.ArgumentParser) -> None:
+    from export.quantize import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "quantize", "make an int8 variant, re-evaluated on validation; kept only if AUROC holds", _quantize_flags
+)
+def _quantize() -> Handler:
+    from export.quantize import main
+
+    return main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr",
