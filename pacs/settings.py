@@ -1,0 +1,190 @@
+"""`cxr pacs` configuration: one validated class, from `CXR_PACS_*` environment variables and flags.
+
+Flags override the environment, which overrides the defaults. Secrets (DICOMweb password or token, the
+service API key) are better given through the environment than on a command line that `ps` shows.
+The mode follows from what is given: `--listen` runs the C-STORE listener; otherwise `--dicomweb-url`
+selects DICOMweb and `--dimse-host` DIMSE (C-FIND + C-GET or C-MOVE, C-STORE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from pacs.retry import Backoff
+
+CommaList = Annotated[list[str], NoDecode]
+_DATE_RANGE = r"^(\d{8})?(-(\d{8})?)?$"
+_AE_TITLE = r"^[ -\[\]-~]{1,16}$"  # PS3.5 6.2: 16 characters of the default repertoire, no backslash
+
+
+def _default_state() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "cxr" / "pacs.sqlite"
+
+
+class PacsSettings(BaseSettings):
+    """Everything `cxr pacs` can be told; invalid combinations fail here, before any connection."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_PACS_", extra="ignore", frozen=True)
+
+    # --- the classification service
+    service_url: str = Field(default="http://127.0.0.1:8000", description="base URL of `cxr serve`")
+    service_api_key: SecretStr | None = Field(default=None, description="API key of the service")
+    model: str | None = Field(default=None, description="model name (default: the service's default)")
+    # --- DICOMweb
+    dicomweb_url: str | None = Field(
+        default=None, description="DICOMweb root, e.g. http://pacs:8042/dicom-web"
+    )
+    username: str | None = Field(default=None, description="DICOMweb basic-auth user")
+    password: SecretStr | None = Field(default=None, description="DICOMweb basic-auth password")
+    token: SecretStr | None = Field(default=None, description="DICOMweb bearer token")
+    tls_verify: bool = Field(default=True, description="verify TLS certificates (service and DICOMweb)")
+    ca_bundle: Path | None = Field(default=None, description="CA bundle to verify TLS with")
+    # --- DIMSE
+    dimse_host: str | None = Field(default=None, description="PACS host for C-FIND/C-GET/C-MOVE/C-STORE")
+    dimse_port: int = Field(default=104, ge=1, le=65535, description="PACS DICOM port")
+    pacs_ae: str = Field(default="ANY-SCP", pattern=_AE_TITLE, description="the PACS's AE title")
+    ae_title: str = Field(default="CXR", pattern=_AE_TITLE, description="our AE title")
+    retrieve: Literal["get", "move"] = Field(default="get", description="DIMSE retrieval: C-GET or C-MOVE")
+    move_port: int = Field(
+        default=11113, ge=0, le=65535, description="our port for C-MOVE deliveries (the PACS must know it)"
+    )
+    # --- listener
+    listen: bool = Field(default=False, description="run the C-STORE listener instead of one pass")
+    listen_host: str = Field(default="127.0.0.1", description="listener interface (0.0.0.0 for all)")
+    listen_port: int = Field(default=11112, ge=0, le=65535, description="listener port")
+    spool_dir: Path | None = Field(default=None, description="listener spool (default: beside the state)")
+    # --- what to process
+    modalities: CommaList = Field(default_factory=lambda: ["CR", "DX"], description="modalities searched")
+    study_date: str | None = Field(
+        default=None, pattern=_DATE_RANGE, description="StudyDate or range YYYYMMDD-YYYYMMDD"
+    )
+    since_last_run: bool = Field(default=False, description="only studies dated from the last pass on")
+    study_uids: CommaList = Field(default_factory=list, description="only these Study Instance UIDs")
+    limit: int | None = Field(default=None, ge=1, description="process at most this many new images")
+    retry_failed: bool = Field(default=False, description="try images that failed permanently before again")
+    check_body_part: bool = Field(default=True, description="skip series whose BodyPartExamined is not chest")
+    # --- bookkeeping and output
+    state: Path = Field(default_factory=_default_state, description="SQLite state store")
+    report: Path | None = Field(default=None, description="report file (.jsonl or .csv)")
+    dry_run: bool = Field(default=False, description="retrieve and classify, but write nothing anywhere")
+    progress: Literal["auto", "bar", "log", "off"] = Field(default="auto", description="progress display")
+    workers: int = Field(default=2, ge=1, le=64, description="images processed in parallel")
+    timeout_s: float = Field(default=30.0, gt=0, description="timeout of one network call")
+    attempts: int = Field(default=8, ge=1, description="tries per network operation")
+    backoff_initial_s: float = Field(default=0.5, ge=0, description="first retry delay ceiling")
+    backoff_max_s: float = Field(default=30.0, ge=0, description="largest retry delay")
+    retry_budget_s: float = Field(
+        default=300.0, ge=0, description="time allowed per operation, retries included"
+    )
+
+    @field_validator("modalities", "study_uids", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):  # repeated flags, each possibly comma-separated
+            return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
+        return value
+
+    @field_validator("modalities")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one modality is needed")
+        return [item.upper() for item in value]
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> PacsSettings:
+        if not self.listen and not self.dicomweb_url and not self.dimse_host:
+            raise ValueError("give --dicomweb-url or --dimse-host (or --listen)")
+        if self.listen and not self.dicomweb_url and not self.dimse_host and not self.dry_run:
+            raise ValueError("the listener writes results back: give --dicomweb-url or --dimse-host")
+        if self.token is not None and self.username is not None:
+            raise ValueError("give basic auth (--username/--password) or a bearer --token, not both")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+    @property
+    def mode(self) -> Literal["listen", "dicomweb", "dimse"]:
+        if self.listen:
+            return "listen"
+        return "dicomweb" if self.dicomweb_url else "dimse"
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(self.attempts, self.backoff_initial_s, self.backoff_max_s, self.retry_budget_s)
+
+    @property
+    def verify(self) -> bool | str:
+        """httpx's `verify`: False, True, or the CA bundle path."""
+        if not self.tls_verify:
+            return False
+        return str(self.ca_bundle) if self.ca_bundle else True
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_dir or self.state.parent / "spool"
+
+
+def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return type(args[0]), list(args)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if annotation is SecretStr or origin is Annotated or origin is list:
+        return str, None
+    return annotation, None
+
+
+def add_cli_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; booleans get `--x/--no-x`; lists may repeat or be comma-separated."""
+    hints = typing.get_type_hints(PacsSettings, include_extras=True)
+    for name, info in PacsSettings.model_fields.items():
+        flag = f"--{name.replace('_', '-')}"
+        help_text = f"{info.description} (env CXR_PACS_{name.upper()})"
+        kind, choices = _flag_type(hints[name])
+        if kind is bool:
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        elif typing.get_origin(hints[name]) is Annotated:  # CommaList
+            parser.add_argument(
+                flag.removesuffix("s") if name != "modalities" else "--modality",
+                dest=name,
+                action="append",
+                default=argparse.SUPPRESS,
+                metavar="MODALITY" if name == "modalities" else name.upper().removesuffix("S"),
+                help=help_text + "; repeat or separate with commas",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=kind,
+                choices=choices,
+                default=argparse.SUPPRESS,
+                metavar=None if choices else name.upper(),
+                help=help_text,
+            )
+
+
+def from_cli(args: argparse.Namespace) -> PacsSettings:
+    """Settings from parsed flags, falling back to `CXR_PACS_*` variables and the defaults."""
+    given = {name: value for name, value in vars(args).items() if name in PacsSettings.model_fields}
+    return PacsSettings(**given)
