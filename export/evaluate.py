@@ -29,7 +29,7 @@ from export.metrics import by_group, summarize
 from service.decode import decode_file
 from service.errors import CxrError
 from service.model import OnnxModel, load_default
-from service.preprocess import Geometry, register_cam
+from service.preprocess import Geometry, cam_levels
 
 logger = logging.getLogger(__name__)
 
@@ -244,9 +244,7 @@ def _plot_confusion(matrix: list[list[int]], path: Path) -> None:
 
 def overlay(pixels: np.ndarray, cam: np.ndarray, geometry: Geometry, alpha: float = 0.45) -> np.ndarray:
     """BGR image: the decoded X-ray with the positive-class CAM (scaled to its own max) as a heat overlay."""
-    full = register_cam(np.maximum(cam, 0), geometry)
-    peak = float(full.max())
-    heat = (full / peak * 255).astype(np.uint8) if peak > 0 else np.zeros_like(pixels)
+    heat, _ = cam_levels(cam, geometry)  # the levels /v1/classify?heatmap=true returns
     colored = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     base = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
     mixed = cv2.addWeighted(base, 1 - alpha, colored, alpha, 0)

@@ -25,7 +25,7 @@ from service.batcher import BatchResult
 from service.decode import DecodedImage, decode
 from service.errors import CxrError, DeadlineExceeded, InvalidParameter
 from service.model import ModelCard, OnnxModel
-from service.preprocess import Geometry, register_cam
+from service.preprocess import Geometry, cam_levels
 from service.repository import ServedModel
 from service.runtime import Runtime
 from service.schemas import (
@@ -67,16 +67,14 @@ def _prepare(upload: Upload, model: OnnxModel, max_pixels: int) -> _Prepared:
 def _heatmap(cam: np.ndarray | None, geometry: Geometry) -> Heatmap:
     if cam is None:
         raise RuntimeError("heatmap requested from a model without a CAM output")
-    full = register_cam(cam, geometry)
-    peak = float(full.max())
-    scaled = np.clip(full / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(full)
-    ok, png = cv2.imencode(".png", np.rint(scaled * 255.0).astype(np.uint8))
+    levels, peak = cam_levels(cam, geometry)
+    ok, png = cv2.imencode(".png", levels)
     if not ok:
         raise RuntimeError("PNG encoding of the heatmap failed")
     return Heatmap(
         data=base64.b64encode(png.tobytes()).decode("ascii"),
-        width=full.shape[1],
-        height=full.shape[0],
+        width=levels.shape[1],
+        height=levels.shape[0],
         cam_max=peak,
     )
 

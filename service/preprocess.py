@@ -164,3 +164,15 @@ def register_cam(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
         cam.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
     )
     return full
+
+
+def cam_levels(cam: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, float]:
+    """The CAM as /v1/classify returns it and `cxr predict --heatmap` draws it, so the two never disagree:
+    negative evidence dropped on the model's grid (as Grad-CAM does, before upsampling), registered onto
+    the decoded image, scaled by its own maximum -> (uint8 levels, that maximum; zeros and 0.0 when
+    nothing is positive)."""
+    full = register_cam(np.maximum(cam, 0.0), geometry)
+    peak = float(full.max())
+    if peak <= 0:
+        return np.zeros(full.shape, np.uint8), 0.0
+    return np.rint(full * np.float32(255.0 / peak)).astype(np.uint8), peak

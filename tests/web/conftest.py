@@ -1,0 +1,128 @@
+"""Fixtures for the web page tests: the tiny model repository, one real uvicorn (`cxr serve` on a free
+loopback port, readiness polled) per module, and headless Debian Chromium driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.tinymodel import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # CI runs as root in a container, where Chromium's sandbox cannot start
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _start(model_dir: Path, log: Path) -> Server:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CXR_API_KEYS", None)
+    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider"]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    return Server(process, log)
+
+
+def _wait_ready(server: Server, timeout: float = 60.0) -> None:
+    """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound. Then poll /readyz."""
+    deadline = time.monotonic() + timeout
+    while not server.url:
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", server.output())
+        if found:
+            server.url = found.group(1)
+        elif server.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{server.output()}")
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"server did not start:\n{server.output()}")
+        else:
+            time.sleep(0.02)
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        while client.get("/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server never became ready:\n{server.output()}")
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    repository = tmp_path / "models"
+    make_tiny_model(repository)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`cxr serve` on the tiny model (CAM peaks where the image is bright), ready to classify."""
+    root = tmp_path_factory.mktemp("web")
+    model_dir = root / "models"
+    make_tiny_model(model_dir)
+    running = _start(model_dir, root / "server.log")
+    try:
+        _wait_ready(running)
+        yield running
+    finally:
+        running.process.terminate()
+        try:
+            running.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Debian Chromium (Playwright cannot download its own browser here, nor in CI)."""
+    if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
+        pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (.ci/run does)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'"
+    )
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture(scope="module")
+def ci_logs() -> Path:
+    """Where screenshots go: CI keeps $CXR_CI_LOGS (default ci-logs/, as .ci/run uses)."""
+    logs = Path(os.environ.get("CXR_CI_LOGS", ROOT / "ci-logs"))
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs
