@@ -95,6 +95,7 @@ def render_card(card: dict[str, Any]) -> str:
         f"4. Resize the crop to {spec['input_size']}x{spec['input_size']} (INTER_AREA), CLAHE (clip {spec['clahe_clip']},"
         f" {spec['clahe_tiles']}x{spec['clahe_tiles']} tiles), scale to [0, 1].",
         "",
+        *_segmenter_lines(card),
         "## Training data",
         "",
         "`shared/data/cxr` (see its README): 1,414 frontal chest X-rays. covid 330 (all from the ieee8023",
@@ -143,6 +144,18 @@ def render_card(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _segmenter_lines(card: dict[str, Any]) -> list[str]:
+    report = card.get("segmenter_training")
+    if not report:
+        return []
+    return [
+        f"Lung segmenter: trained on {report['train_images']} training-split images ({report['annotations']}),"
+        f" validation Dice {_f(report['val_dice_best'])} on {report['val_images']} validation-split images,"
+        f" {report['train_seconds']:.0f} s on the 2-core CPU. Command: `{report.get('command')}`.",
+        "",
+    ]
 
 
 def training_parity(card: dict[str, Any]) -> str:

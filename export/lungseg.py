@@ -13,6 +13,8 @@ import argparse
 import csv
 import json
 import logging
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,10 @@ def train_segmenter(
         serve, out / "lungseg.onnx", reference=lambda x: model.predict(x, verbose=0), samples=val_x[:64]
     )
     report = {
+        "command": "cxr train-lungseg " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if sys.argv[1:2] == ["train-lungseg"]
+        else None,
+        "annotations": "manual masks preferred, else lungVAE model masks (shared/data/lungseg)",
         "train_images": len(train_pairs),
         "val_images": len(val_pairs),
         "val_dice_best": best_dice,

@@ -176,6 +176,7 @@ def export_run(
             "lung_crop": summary["lung_crop"],
         },
         "export": {"parity_images": len(samples), "parity_max_abs_diff": difference, "tolerance": tolerance},
+        "segmenter_training": _segmenter_report(summary),
     }
     previous = target / CARD_FILE
     if previous.is_file():  # keep evaluation results written earlier for the same files
@@ -185,6 +186,19 @@ def export_run(
     (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     logger.info("wrote %s (parity %.2e on %d images)", target, difference, len(samples))
     return target
+
+
+def _segmenter_report(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The lung segmenter's training report (written by `cxr train-lungseg` beside lungseg.onnx)."""
+    segmenter = summary["arguments"].get("segmenter")
+    if not segmenter or segmenter == "none":
+        return None
+    report = Path(segmenter).with_name("lungseg_report.json")
+    if not report.is_file():
+        return None
+    values: dict[str, Any] = json.loads(report.read_text())
+    values.pop("history", None)
+    return values
 
 
 def main(args: argparse.Namespace) -> int:
