@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 VENV=${CXR_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e ".[train,dev]"
+"$VENV/bin/python" -m pip install -q -e ".[train,dev,load]"
 exec "$VENV/bin/python" -m pytest "$@"
