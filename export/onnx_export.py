@@ -19,6 +19,7 @@ import numpy as np
 
 from export.dataset import read_manifest, read_split
 from export.tf_onnx import OPSET, ParityError, export_function
+from export.triton import write_config
 from service.model import CARD_FILE, MODEL_FILE, SEGMENTER_FILE, Segmenter, sha256_file
 from service.preprocess import PreprocessSpec
 
@@ -184,6 +185,8 @@ def export_run(
         if old.get("files") == files and "evaluation" in old:
             card["evaluation"] = old["evaluation"]
     (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    # Triton's layout: config.pbtxt beside the versions, read from the graph (names, dims, types).
+    write_config(target.parent, name)
     logger.info("wrote %s (parity %.2e on %d images)", target, difference, len(samples))
     return target
 

@@ -77,6 +77,7 @@ def test_train_writes_an_auditable_patient_disjoint_split(exported: Path, synthe
     summary = json.loads((run / "train.json").read_text())
     assert 0.0 <= summary["threshold"] <= 1.0
     assert (run / "curves.png").stat().st_size > 1000
+    assert (exported / "repo" / "tiny" / "config.pbtxt").is_file()
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
 
