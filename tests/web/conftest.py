@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,11 +44,11 @@ class Server:
         return self.log.read_text(errors="replace")
 
 
-def _start(model_dir: Path, log: Path) -> Server:
+def _start(model_dir: Path, log: Path, *flags: str) -> Server:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("CXR_API_KEYS", None)
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider"]
+    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
     return Server(process, log)
@@ -85,13 +86,10 @@ def model_dir(tmp_path: Path) -> Path:
     return repository
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """`cxr serve` on the tiny model (CAM peaks where the image is bright), ready to classify."""
-    root = tmp_path_factory.mktemp("web")
-    model_dir = root / "models"
-    make_tiny_model(model_dir)
-    running = _start(model_dir, root / "server.log")
+@contextmanager
+def serving(model_dir: Path, log: Path, *flags: str) -> Iterator[Server]:
+    """`cxr serve` on a free loopback port, ready (models warm) when entered, terminated on exit."""
+    running = _start(model_dir, log, *flags)
     try:
         _wait_ready(running)
         yield running
@@ -102,6 +100,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             running.process.kill()
             running.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`cxr serve` on the tiny model (CAM peaks where the image is bright), ready to classify."""
+    root = tmp_path_factory.mktemp("web")
+    make_tiny_model(root / "models")
+    with serving(root / "models", root / "server.log") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

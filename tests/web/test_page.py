@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +18,12 @@ import httpx
 import numpy as np
 import pytest
 
+from service.model import default_repository, find_versions
 from service.schemas import NOTICE
 from service.web import SECURITY_HEADERS
 from tests.service.test_app import dicom_bytes
-from tests.tinymodel import blob_image, encode
-from tests.web.conftest import ROOT, Server
+from tests.tinymodel import blob_image, encode, make_tiny_model
+from tests.web.conftest import ROOT, Server, serving
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip(
@@ -93,6 +96,8 @@ def _check_shown(item: Any, answer: dict[str, Any]) -> None:
     assert float(item.get_attribute("data-probability")) == probability
     assert item.locator(".thr").inner_text() == f"{result['threshold']:.4f}"
     assert f"{result['model']['name']} v{result['model']['version']}" in item.locator(".model").inner_text()
+    if "heatmap" not in result:  # a model without a CAM output: nothing to overlay
+        return
     expect(item).to_have_class(re.compile(r"\bhas-cam\b"), timeout=TIMEOUT_MS)
     alpha = _canvas_alpha(item)
     levels = _heat_levels(result["heatmap"])
@@ -103,21 +108,30 @@ def _check_shown(item: Any, answer: dict[str, Any]) -> None:
     assert np.array_equal(alpha, expected)
 
 
-@pytest.fixture
-def page(browser: Any, server: Server) -> Any:
+@contextmanager
+def _opened(browser: Any, url: str) -> Iterator[Any]:
+    """A fresh browser context on the page; fails on script errors and CSP violations seen meanwhile."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
     opened.on("console", lambda message: message.type == "error" and errors.append(message.text))
-    response = opened.goto(f"{server.url}/")
+    response = opened.goto(f"{url}/")
     assert response is not None and response.status == 200
     for name, value in SECURITY_HEADERS.items():
         assert response.headers[name.lower()] == value
-    yield opened
-    context.close()
-    # CSP violations and script errors show up here; a 4xx answer the page handles is not an error.
-    assert not [e for e in errors if "status of 4" not in e], errors
+    try:
+        yield opened
+    finally:
+        context.close()
+    # Chromium logs every 4xx answer as a console error; the page handles those and shows them.
+    assert not [error for error in errors if "status of 4" not in error], errors
+
+
+@pytest.fixture
+def page(browser: Any, server: Server) -> Iterator[Any]:
+    with _opened(browser, server.url) as opened:
+        yield opened
 
 
 def test_page_weight_and_notice(server: Server, page: Any) -> None:
@@ -193,3 +207,71 @@ def test_dicom_is_shown_as_the_model_saw_it(server: Server, page: Any, tmp_path:
     heatmap = answer["results"][0]["heatmap"]
     assert size == [heatmap["width"], heatmap["height"]]
     page.screenshot(path=str(ci_logs / "web-dicom.png"), full_page=True)
+
+
+def test_api_key_entered_in_the_page(browser: Any, tmp_path: Path) -> None:
+    make_tiny_model(tmp_path / "models")
+    xray = tmp_path / "chest.png"
+    xray.write_bytes(encode(blob_image(seed=5)))
+    with (
+        serving(tmp_path / "models", tmp_path / "server.log", "--api-keys", "s3cret-key") as keyed,
+        _opened(browser, keyed.url) as page,
+    ):
+        page.set_input_files("#files", str(xray))
+        refused = page.locator(".result").first
+        expect(refused).to_have_attribute("data-state", "error", timeout=TIMEOUT_MS)
+        assert refused.locator(".problem-title").inner_text() == "Unauthorized"
+
+        page.locator("#api-key").fill("s3cret-key")
+        page.locator("#api-key").press("Tab")  # change event: stored, and the model list reloaded with it
+        expect(page.locator("#model option")).to_have_count(2, timeout=TIMEOUT_MS)
+        assert page.evaluate("sessionStorage.getItem('cxr.apiKey')") == "s3cret-key"
+        page.set_input_files("#files", str(xray))
+        accepted = page.locator(".result").first
+        expect(accepted).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+
+
+def test_first_result_with_the_bundled_model(browser: Any, tmp_path: Path, ci_logs: Path) -> None:
+    """The issue's figure: time from choosing a file to its result on screen with the bundled model."""
+    if not find_versions(default_repository()):
+        pytest.skip(f"no bundled model under {default_repository()}")
+    xray = _chest_xray(tmp_path)
+    with (
+        serving(default_repository(), tmp_path / "server.log") as bundled,
+        _opened(browser, bundled.url) as page,
+    ):
+        started = time.perf_counter()
+        page.set_input_files("#files", str(xray))
+        item = page.locator(".result").first
+        expect(item).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+        first_result_ms = (time.perf_counter() - started) * 1000
+        expect(item).to_have_attribute("data-visible-ms", re.compile(r"\d"), timeout=TIMEOUT_MS)
+        in_page_ms = float(item.get_attribute("data-visible-ms"))
+        print(f"\nbundled model: first result visible {first_result_ms:.0f} ms (in-page {in_page_ms:.0f} ms)")
+        answer = httpx.post(
+            f"{bundled.url}/v1/classify",
+            params={"heatmap": "true"},
+            files=[("file", ("image", xray.read_bytes(), "application/octet-stream"))],
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+        _check_shown(item, answer.json())
+        page.screenshot(path=str(ci_logs / "web-bundled-model.png"), full_page=True)
+
+
+def test_dropping_a_file_uploads_it(server: Server, page: Any) -> None:
+    data = encode(blob_image(seed=9))
+    dropped = page.evaluate_handle(
+        """(encoded) => {
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            return transfer;
+        }""",
+        base64.b64encode(data).decode("ascii"),
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    item = page.locator(".result").first
+    expect(item).to_have_attribute("data-state", "done", timeout=TIMEOUT_MS)
+    assert item.locator(".file").inner_text() == "dropped.png"
+    _check_shown(item, _api(server, data).json())
