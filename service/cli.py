@@ -129,6 +129,23 @@ def _quantize() -> Handler:
     return main
 
 
+def _bench_flags(parser: argparse.ArgumentParser) -> None:
+    from loadtest.benchmark import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "bench",
+    "benchmark the service against the in-process limit, a naive app and Ray Serve (needs the [load] extra)",
+    _bench_flags,
+)
+def _bench() -> Handler:
+    from loadtest.benchmark import main
+
+    return main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxr",

@@ -1,0 +1,273 @@
+"""`cxr bench`: the service against the hardware limit, a naive baseline and a peer framework, in one run.
+
+One invocation, one machine, the same model and images for every target:
+
+1. the in-process limit (loadtest/limit.py) and where the time goes, with the measured effect of each
+   optimization the service relies on;
+2. each target as a real process on a free loopback port (loadtest/targets.py): the service with dynamic
+   batching, the service with max batch 1, the naive baseline (loadtest/naive_app.py) and Ray Serve with
+   `@serve.batch` (loadtest/peer_ray.py), each over a closed-loop concurrency sweep and an open-loop sweep
+   of fixed arrival rates (fractions of the service's peak; loadtest/loadgen.py);
+3. the overload checks on the service: 70 % of peak, then 2x peak (only 2xx/503/429, no request past its
+   deadline, bounded memory), then back to peak;
+4. a GPU section when a CUDA provider is usable (else skipped, saying why).
+
+It writes `results.json`, `benchmarks.md` and the throughput-vs-p99 plot (loadtest/report.py). The
+benchmark is a command of its own (minutes); `--quick` is the seconds-long smoke run the tests use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import onnxruntime as ort
+
+from loadtest import limit, report
+from loadtest.images import Sample, load_samples
+from service.decode import ImageFormat
+from service.model import OnnxModel, available_providers, load_default
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("service", "service-b1", "naive", "peer")
+
+
+@dataclass
+class Plan:
+    """What one run measures; `shrink()` makes it to a smoke test of the harness."""
+
+    model_dir: Path  # a version directory (card.json)
+    samples: list[Sample]
+    out_dir: Path
+    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
+    open_fractions: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
+    warmup_s: float = 2.0
+    duration_s: float = 8.0
+    overload_factor: float = 2.0
+    overload_s: float = 15.0
+    stage_repeats: int = 5
+    quick: bool = False
+    defaults: Settings = field(default_factory=lambda: Settings.model_construct())
+
+    def shrink(self) -> None:
+        self.quick = True
+        self.concurrency, self.open_fractions = [1, 4], [0.5, 0.7]
+        self.warmup_s, self.duration_s, self.overload_s, self.stage_repeats = 0.3, 1.0, 2.0, 2
+
+
+def host() -> dict[str, Any]:
+    """The machine as the report states it (a shared machine's load average matters for every figure)."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "onnxruntime_providers_available": ort.get_available_providers(),
+        "load_average_at_start": list(os.getloadavg()),
+    }
+
+
+def _limit(plan: Plan) -> dict[str, Any]:
+    """Stage timings, the limit under the service's thread budget, and the optimization variants."""
+    budget = plan.defaults
+    one = OnnxModel(
+        plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=budget.intra_op_threads
+    )
+    sizes = [1, budget.max_batch_size]
+    stages = limit.stage_times(one, plan.samples, repeats=plan.stage_repeats, batch_sizes=sizes)
+    both = OnnxModel(plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=2)
+    workers, threads = budget.decode_workers, budget.intra_op_threads
+    variants = [
+        (one, limit.Pipeline(f"service budget, batch {size}", workers, threads, size)) for size in sizes
+    ] + [
+        (
+            one,
+            limit.Pipeline(
+                "service budget, full-size JPEG decode",
+                workers,
+                threads,
+                budget.max_batch_size,
+                limit.decode_full,
+            ),
+        ),
+        (
+            both,
+            limit.Pipeline("no overlap: decode then infer, 2 intra-op threads", 0, 2, budget.max_batch_size),
+        ),
+        (
+            both,
+            limit.Pipeline(
+                "oversubscribed: decode thread + 2 intra-op threads", workers, 2, budget.max_batch_size
+            ),
+        ),
+    ]
+    measured = []
+    for model, pipeline in variants:
+        rate = limit.run_pipeline(
+            model, plan.samples, pipeline, warmup_s=plan.warmup_s / 2, duration_s=plan.duration_s / 2
+        )
+        measured.append({**vars(pipeline), "decoder": pipeline.decoder.__name__, "images_per_s": rate})
+        logger.info("limit %-55s %7.1f images/s", pipeline.name, rate)
+    best = max(entry["images_per_s"] for entry in measured[: len(sizes)])
+    return {"stages_ms": stages, "variants": measured, "images_per_s": best}
+
+
+def _gpu(plan: Plan) -> dict[str, Any]:
+    chosen = available_providers(None)
+    gpu = [p for p in chosen if p != "CPUExecutionProvider"]
+    if not gpu:
+        have = ", ".join(ort.get_available_providers())
+        return {
+            "skipped": f"no usable CUDA/TensorRT provider (onnxruntime offers {have}; no NVIDIA driver or provider library loads on this host)"
+        }
+    model = OnnxModel(plan.model_dir, providers=gpu, intra_op_threads=plan.defaults.intra_op_threads)
+    if model.providers[0] == "CPUExecutionProvider":
+        return {"skipped": f"{gpu} requested but ONNX Runtime fell back to the CPU"}
+    sizes = [1, 2, 4, 8, 16, 32, 64]
+    stages = limit.stage_times(model, plan.samples[:2], repeats=plan.stage_repeats, batch_sizes=sizes)
+    pipelines = [
+        limit.Pipeline(f"GPU, batch {size}", plan.defaults.decode_workers, 1, size) for size in sizes
+    ]
+    rates = {
+        p.name: limit.run_pipeline(
+            model, plan.samples, p, warmup_s=plan.warmup_s / 2, duration_s=plan.duration_s / 2
+        )
+        for p in pipelines
+    }
+    return {
+        "providers": model.providers,
+        "inference_ms_per_image": {k: v for k, v in stages.items() if k.startswith("inference")},
+        "pipeline_images_per_s": rates,
+    }
+
+
+def run(plan: Plan) -> dict[str, Any]:
+    """Measure everything in `plan`, write results.json, benchmarks.md and the plot; return the results."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_default(plan.model_dir)
+    results: dict[str, Any] = {
+        "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": plan.quick,
+        "command": " ".join(["cxr bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else "cxr bench",
+        "host": host(),
+        "model": {
+            k: v
+            for k, v in model.describe().items()
+            if k in ("name", "version", "sha256", "providers", "input", "preprocessing")
+        },
+        "images": {
+            "count": len(plan.samples),
+            "formats": sorted({s.fmt for s in plan.samples}),
+            "sizes": [f"{s.width}x{s.height}" for s in plan.samples],
+            "bytes_mean": sum(len(s.data) for s in plan.samples) / len(plan.samples),
+        },
+        "settings": {
+            "service": plan.defaults.model_dump(
+                include={
+                    "max_batch_size",
+                    "max_queue_delay_ms",
+                    "queue_capacity",
+                    "request_timeout_s",
+                    "intra_op_threads",
+                    "decode_workers",
+                }
+            ),
+            "concurrency": plan.concurrency,
+            "open_fractions_of_service_peak": plan.open_fractions,
+            "warmup_s": plan.warmup_s,
+            "duration_s": plan.duration_s,
+        },
+    }
+    del model
+    results["limit"] = _limit(plan)
+    from loadtest import sweeps  # aiohttp and psutil come with the [load] extra; `cxr --help` needs neither
+
+    results["runs"], results["overload"] = sweeps.measure_targets(plan)
+    results["gpu"] = _gpu(plan)
+    results["acceptance"] = report.acceptance(results)
+    (plan.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write(results, plan.out_dir)
+    return results
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", help="model name, version directory or model.onnx (default: the bundled default)"
+    )
+    parser.add_argument(
+        "--images",
+        action="append",
+        type=Path,
+        help="image folder (repeatable; default: ../shared/data/fullres)",
+    )
+    parser.add_argument(
+        "--formats",
+        default="jpeg",
+        help="formats to send, comma-separated (default: jpeg, the acceptance set)",
+    )
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: docs/, or bench-quick/ with --quick)"
+    )
+    parser.add_argument("--concurrency", help="closed-loop clients, comma-separated (default 1,4,16,64)")
+    parser.add_argument("--duration-s", type=float, help="measured seconds per load level (default 8)")
+    parser.add_argument(
+        "--quick", action="store_true", help="seconds-long smoke run (no peer unless --targets names it)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Entry point of `cxr bench`."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls, one line each
+    folders = args.images or [ROOT.parent / "shared" / "data" / "fullres"]
+    wanted = {part.strip() for part in args.formats.split(",")}
+    formats: set[ImageFormat] = {fmt for fmt in get_args(ImageFormat) if fmt in wanted}
+    samples = load_samples([f for f in folders if f.is_dir()], formats=formats)
+    model_dir = load_default(args.model).directory
+    out = args.out or (ROOT / ("bench-quick" if args.quick else "docs"))
+    plan = Plan(model_dir=model_dir, samples=samples, out_dir=out)
+    if args.quick:
+        plan.shrink()
+        if args.targets == ",".join(TARGETS):
+            plan.targets = [t for t in TARGETS if t != "peer"]  # Ray takes ~20 s to start
+    if args.targets != ",".join(TARGETS):
+        plan.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if args.concurrency:
+        plan.concurrency = [int(c) for c in args.concurrency.split(",")]
+    if args.duration_s:
+        plan.duration_s = args.duration_s
+    results = run(plan)
+    failed = [check["check"] for check in results["acceptance"] if check["pass"] is False]
+    logger.info(
+        "wrote %s; acceptance: %d checks, %d failed %s",
+        out / "benchmarks.md",
+        len(results["acceptance"]),
+        len(failed),
+        failed,
+    )
+    return 0

@@ -1,0 +1,118 @@
+"""The in-process limit: decode + preprocess + ONNX Runtime in a tight loop, no HTTP, no client.
+
+It runs with the service's thread budget (Settings defaults): `decode_workers` threads decode and
+preprocess ahead of the consumer while one thread runs batches on a session with `intra_op_threads`
+threads, so decoding overlaps inference exactly as in the service. What the service reaches over HTTP is
+compared with this. The stage timings (one image at a time, one thread) say where the time goes, and the
+variants measure the optimizations the service relies on (DCT-reduced JPEG decoding, the thread split).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+
+import cv2
+import numpy as np
+
+from loadtest.images import Sample
+from service.decode import DecodedImage, decode, to_training_scale
+from service.model import OnnxModel
+
+Decoder = Callable[[bytes], DecodedImage]
+
+
+def decode_full(data: bytes) -> DecodedImage:
+    """The service's decoder without DCT-domain reduction for JPEG (the 'before' of that optimization)."""
+    decoded = decode(data)
+    if decoded.format != "jpeg":
+        return decoded
+    pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+    if pixels is None:
+        raise ValueError("a JPEG the service decodes did not decode at full size")
+    return DecodedImage(to_training_scale(pixels), "jpeg", decoded.original_height, decoded.original_width)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One configuration of the in-process loop."""
+
+    name: str
+    decode_workers: int  # 0: decode on the inference thread, no overlap
+    intra_op_threads: int
+    batch_size: int
+    decoder: Decoder = decode
+
+
+def _timed(function: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of `repeats` calls (the median resists another process's bursts)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(times))
+
+
+def stage_times(
+    model: OnnxModel, samples: list[Sample], *, repeats: int, batch_sizes: list[int]
+) -> dict[str, float]:
+    """Median per-image milliseconds of each stage, one thread, averaged over the samples."""
+    stages: dict[str, list[float]] = collections.defaultdict(list)
+    for sample in samples:
+        decoded = decode(sample.data)
+        stages["decode (service: DCT-reduced JPEG)"].append(_timed(partial(decode, sample.data), repeats))
+        stages["decode (full-size)"].append(_timed(partial(decode_full, sample.data), repeats))
+        stages["preprocess (trim, lung crop, resize, CLAHE)"].append(
+            _timed(partial(model.prepare, decoded.pixels), repeats)
+        )
+    size = model.input_size
+    result = {name: float(np.mean(values)) for name, values in stages.items()}
+    for batch in batch_sizes:
+        zeros = np.zeros((batch, size, size, 1), dtype=np.float32)
+        model.run(zeros)  # first run of a shape is slow; the service warms every shape too
+        result[f"inference, batch {batch} (per image)"] = _timed(partial(model.run, zeros), repeats) / batch
+    return result
+
+
+def run_pipeline(
+    model: OnnxModel, samples: list[Sample], pipeline: Pipeline, *, warmup_s: float, duration_s: float
+) -> float:
+    """Images per second through decode -> prepare -> batch -> run, measured after `warmup_s`."""
+
+    def prepare(sample: Sample) -> np.ndarray:
+        tensor, _ = model.prepare(pipeline.decoder(sample.data).pixels)
+        return tensor
+
+    counter = iter(range(1 << 62))
+    pool = ThreadPoolExecutor(max_workers=pipeline.decode_workers) if pipeline.decode_workers else None
+    ahead: collections.deque[Future[np.ndarray]] = collections.deque()
+
+    def refill() -> None:
+        # Keep the decoders one batch ahead of the consumer, as the service's queue does under load.
+        while pool is not None and len(ahead) < 2 * pipeline.batch_size + pipeline.decode_workers:
+            ahead.append(pool.submit(prepare, samples[next(counter) % len(samples)]))
+
+    def next_tensor() -> np.ndarray:
+        if pool is None:
+            return prepare(samples[next(counter) % len(samples)])
+        refill()
+        return ahead.popleft().result()
+
+    started = time.monotonic()
+    measure_from, end = started + warmup_s, started + warmup_s + duration_s
+    images = 0
+    try:
+        while time.monotonic() < end:
+            batch = np.stack([next_tensor() for _ in range(pipeline.batch_size)])
+            model.run(batch)
+            if measure_from <= time.monotonic() <= end:  # counted when done, like a response
+                images += pipeline.batch_size
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return images / duration_s

@@ -1,0 +1,281 @@
+"""results.json -> the acceptance checks, docs/benchmarks.md and the throughput-vs-p99 plot.
+
+Everything in the document comes from the results of one run; it says so at the top, and is rewritten
+whole by every `cxr bench` (never edited by hand).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+PLOT = "benchmarks-throughput-p99.png"
+_NAMES = {
+    "service": "cxr service (dynamic batching)",
+    "service-b1": "cxr service (max batch 1)",
+    "naive": "naive FastAPI baseline",
+    "peer": "Ray Serve @serve.batch",
+}
+_DEADLINE_SLACK_S = 0.5
+"""The client sees the deadline plus upload and response time; past this much more, a request outlived it."""
+
+
+def _peak(runs: list[dict[str, Any]], target: str) -> dict[str, Any] | None:
+    closed = [r for r in runs if r["target"] == target and r["mode"] == "closed"]
+    return max(closed, key=lambda r: r["images_per_s"]) if closed else None
+
+
+def _ratio(check: str, numerator: float | None, denominator: float | None, minimum: float) -> dict[str, Any]:
+    if not numerator or not denominator:
+        return {"check": check, "value": None, "required": f">= {minimum}", "pass": None}
+    value = numerator / denominator
+    return {"check": check, "value": round(value, 3), "required": f">= {minimum}", "pass": value >= minimum}
+
+
+def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's acceptance checks from one run's results; `pass` is None when not measured."""
+    runs = results["runs"]
+    peak = {name: (_peak(runs, name) or {}).get("images_per_s") for name in _NAMES}
+    checks = [
+        _ratio("service peak / in-process limit", peak["service"], results["limit"]["images_per_s"], 0.9),
+        _ratio("service peak / best peer", peak["service"], peak["peer"], 1.0),
+        _ratio("service peak / naive baseline", peak["service"], peak["naive"], 1.5),
+    ]
+    single = next(
+        (r for r in runs if r["target"] == "service" and r["mode"] == "closed" and r["level"] == 1), None
+    )
+    fractions = results["settings"]["open_fractions_of_service_peak"]
+    open_runs = [r for r in runs if r["target"] == "service" and r["mode"] == "open"]
+    at70 = open_runs[fractions.index(0.7)] if 0.7 in fractions and len(open_runs) == len(fractions) else None
+    if single and at70 and single["p50_ms"] and at70["p99_ms"]:
+        value = at70["p99_ms"] / single["p50_ms"]
+        checks.append(
+            {
+                "check": "p99 at 70 % of peak / single-request latency",
+                "value": round(value, 2),
+                "required": "<= 3",
+                "pass": value <= 3.0,
+            }
+        )
+    overload = results.get("overload") or {}
+    if overload:
+        rss = overload["rss_mib"]
+        bounded = rss["max_second_half"] <= rss["max_first_half"] * 1.05 + 16
+        recovered = overload["recovery"]["images_per_s"] / peak["service"] if peak["service"] else 0.0
+        checks += [
+            {
+                "check": "2x peak: only 2xx, 503 and 429",
+                "value": ", ".join(overload["statuses_all"]),
+                "required": "200, 503, 429",
+                "pass": overload["only_2xx_503_429"],
+            },
+            {
+                "check": "2x peak: longest request (s)",
+                "value": round(overload["max_request_s"], 2),
+                "required": f"<= deadline {overload['deadline_s']:g} s",
+                "pass": overload["max_request_s"] <= overload["deadline_s"] + _DEADLINE_SLACK_S,
+            },
+            {
+                "check": "2x peak: memory bounded (MiB, 1st -> 2nd half)",
+                "value": f"{rss['max_first_half']:.0f} -> {rss['max_second_half']:.0f}",
+                "required": "no growth",
+                "pass": bounded,
+            },
+            {
+                "check": "after overload: throughput / peak",
+                "value": round(recovered, 3),
+                "required": ">= 0.9",
+                "pass": recovered >= 0.9,
+            },
+        ]
+    return checks
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _table(runs: list[dict[str, Any]], mode: str) -> list[str]:
+    level = "clients" if mode == "closed" else "offered req/s"
+    lines = [
+        f"| target | {level} | images/s | p50 ms | p95 ms | p99 ms | errors | statuses |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in (r for r in runs if r["mode"] == mode):
+        statuses = ", ".join(f"{code}: {count}" for code, count in run["statuses"].items())
+        lines.append(
+            f"| {_NAMES.get(run['target'], run['target'])} | {run['level']:g} | {run['images_per_s']:.1f} | "
+            f"{_ms(run['p50_ms'])} | {_ms(run['p95_ms'])} | {_ms(run['p99_ms'])} | "
+            f"{100 * run['error_rate']:.1f} % | {statuses} |"
+        )
+    return lines
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: the benchmark runs headless
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=110)
+    for index, target in enumerate(_NAMES):
+        colour = f"C{index}"
+        for mode, style in (("closed", "-o"), ("open", "--s")):
+            points = [
+                r for r in results["runs"] if r["target"] == target and r["mode"] == mode and r["p99_ms"]
+            ]
+            if points:
+                label = f"{_NAMES[target]} ({'closed loop' if mode == 'closed' else 'open loop'})"
+                axes.plot(
+                    [p["images_per_s"] for p in points],
+                    [p["p99_ms"] for p in points],
+                    style,
+                    color=colour,
+                    label=label,
+                    markersize=4,
+                )
+    axes.axvline(results["limit"]["images_per_s"], color="grey", linestyle=":", label="in-process limit")
+    axes.set_xlabel("throughput (images/s)")
+    axes.set_ylabel("p99 latency (ms, log)")
+    axes.set_yscale("log")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7)
+    axes.set_title(
+        f"{results['model']['name']} v{results['model']['version']}, {results['host']['cores']} cores"
+    )
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _pass(value: bool | None) -> str:
+    return {True: "pass", False: "**FAIL**", None: "not measured"}[value]
+
+
+def write(results: dict[str, Any], out_dir: Path) -> Path:
+    """Write benchmarks.md and the plot into `out_dir`; returns the document's path."""
+    plot(results, out_dir / PLOT)
+    host, model, limit = results["host"], results["model"], results["limit"]
+    settings = results["settings"]["service"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `cxr bench` (loadtest/benchmark.py) from results.json. Do not edit by hand: rerun it. -->",
+        "",
+        f"Generated {results['generated']} by `{results['command']}`."
+        + (
+            " **Quick smoke run: durations of about a second, not a measurement.**"
+            if results["quick"]
+            else ""
+        ),
+        "Research use only: these figures are about serving speed, not diagnostic performance.",
+        "",
+        "## Machine and model",
+        "",
+        f"- CPU: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB; {host['os']}; Python {host['python']}",
+        f"- Load average when the run started: {', '.join(f'{v:.2f}' for v in host['load_average_at_start'])}"
+        " (other processes on a shared machine take CPU from every figure below)",
+        f"- ONNX Runtime {host['onnxruntime']}; providers used: {', '.join(model['providers'])}; precision FP32",
+        f"- Model: {model['name']} v{model['version']} (sha256 {model['sha256'][:16]}...), input {model['input']['shape']}",
+        f"- Images: {results['images']['count']} files ({', '.join(results['images']['formats'])}), sizes "
+        f"{', '.join(results['images']['sizes'])}, mean {results['images']['bytes_mean'] / 1e6:.2f} MB; sent round-robin",
+        f"- Service settings (the defaults): max batch {settings['max_batch_size']}, max queue delay "
+        f"{settings['max_queue_delay_ms']:g} ms, queue capacity {settings['queue_capacity']}, deadline "
+        f"{settings['request_timeout_s']:g} s, {settings['intra_op_threads']} intra-op thread, "
+        f"{settings['decode_workers']} decode worker(s); log level info",
+        f"- Load: closed loop at {results['settings']['concurrency']} clients, open loop at "
+        f"{results['settings']['open_fractions_of_service_peak']} x the service's closed-loop peak (fixed arrival "
+        f"times; latency from the scheduled time); {results['settings']['warmup_s']:g} s warm-up, "
+        f"{results['settings']['duration_s']:g} s measured per level. Latency percentiles are over correct answers; "
+        "a wrong or malformed answer counts as an error.",
+        "",
+        "## Acceptance",
+        "",
+        "| check | value | required | result |",
+        "|---|---|---|---|",
+        *[
+            f"| {c['check']} | {c['value'] if c['value'] is not None else '-'} | {c['required']} | {_pass(c['pass'])} |"
+            for c in results["acceptance"]
+        ],
+        "",
+        f"![throughput vs p99]({PLOT})",
+        "",
+        "## Where the time goes (one image, one thread, median)",
+        "",
+        "| stage | ms per image |",
+        "|---|---|",
+        *[f"| {stage} | {ms:.2f} |" for stage, ms in limit["stages_ms"].items()],
+        "",
+        "## In-process limit and optimizations",
+        "",
+        "Decode + preprocess + ONNX Runtime in a tight loop, no HTTP. The first rows use the service's thread "
+        "budget (the limit is the best of them); the others undo one optimization each.",
+        "",
+        "| configuration | decode threads | intra-op threads | batch | images/s |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {v['name']} | {v['decode_workers'] or 'same thread'} | {v['intra_op_threads']} | {v['batch_size']} | {v['images_per_s']:.1f} |"
+            for v in limit["variants"]
+        ],
+        "",
+        "## Closed loop (concurrency sweep)",
+        "",
+        *_table(results["runs"], "closed"),
+        "",
+        "## Open loop (fixed arrival rates)",
+        "",
+        *_table(results["runs"], "open"),
+        "",
+        *_overload_section(results.get("overload") or {}),
+        "## GPU",
+        "",
+        *_gpu_section(results["gpu"]),
+        "",
+        "## Targets",
+        "",
+        "- cxr service: `cxr serve` (uvicorn, one process) with the settings above; max batch 1 for the unbatched row.",
+        "- naive baseline: loadtest/naive_app.py, a synchronous FastAPI route that decodes and calls `session.run` "
+        "per request on a default ONNX Runtime session (no batching, no queue bound).",
+        "- Ray Serve: loadtest/peer_ray.py, one replica with `@serve.batch` (same max batch and wait), decoding "
+        "and inference on their own threads, the same intra-op thread count.",
+        "- Load generator: loadtest/loadgen.py (aiohttp on uvloop) in the benchmark process, on the same machine.",
+        "",
+    ]
+    path = out_dir / "benchmarks.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _overload_section(overload: dict[str, Any]) -> list[str]:
+    if not overload:
+        return []
+    summary, recovery, rss = overload["summary"], overload["recovery"], overload["rss_mib"]
+    return [
+        "## Overload",
+        "",
+        f"Open loop at {overload['rate']:.1f} requests/s (2x the service's peak) for {summary['duration_s']:.0f} s: "
+        f"{summary['images_per_s']:.1f} images/s classified, statuses {summary['statuses']}, "
+        f"longest request {overload['max_request_s']:.2f} s (deadline {overload['deadline_s']:g} s), "
+        f"p99 of answered requests {_ms(summary['p99_ms'])} ms. Server memory: {rss['before']:.0f} MiB before, "
+        f"at most {rss['max_first_half']:.0f} MiB in the first half and {rss['max_second_half']:.0f} MiB in the second. "
+        f"Then {recovery['level']:g} clients again: {recovery['images_per_s']:.1f} images/s.",
+        "",
+    ]
+
+
+def _gpu_section(gpu: dict[str, Any]) -> list[str]:
+    if "skipped" in gpu:
+        return [f"Skipped: {gpu['skipped']}."]
+    lines = [
+        f"Providers: {', '.join(gpu['providers'])}.",
+        "",
+        "| batch | inference ms per image |",
+        "|---|---|",
+    ]
+    lines += [
+        f"| {name.split('batch ')[1].split(' ')[0]} | {ms:.3f} |"
+        for name, ms in gpu["inference_ms_per_image"].items()
+    ]
+    lines += ["", "| pipeline | images/s |", "|---|---|"]
+    lines += [f"| {name} | {rate:.1f} |" for name, rate in gpu["pipeline_images_per_s"].items()]
+    return lines

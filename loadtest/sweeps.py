@@ -1,0 +1,178 @@
+"""The HTTP part of `cxr bench`: each target started in turn, swept closed and open loop, and the
+service's overload checks (2x peak, then back to peak) while it runs.
+
+The service goes first: its closed-loop peak sets the open-loop arrival rates for every target, so all
+targets are offered the same absolute load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from loadtest import targets
+from loadtest.loadgen import LoadGenerator, Outcome, Request, Summary, summarise
+
+if TYPE_CHECKING:
+    from loadtest.benchmark import Plan
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+_CLIENT_SLACK_S = 20.0
+"""Client timeout beyond the service deadline: the server's own 504 (or its absence) must be what we see."""
+
+
+def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop  # the generator shares the CPU with the servers: a cheaper loop leaves them more
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def _log(summary: Summary) -> None:
+    logger.info(
+        "%-10s %-8s %7.1f  %6.1f img/s  p50 %s  p99 %s  errors %.1f%% %s",
+        summary.target,
+        summary.mode,
+        summary.level,
+        summary.images_per_s,
+        f"{summary.p50_ms:.0f} ms" if summary.p50_ms is not None else "-",
+        f"{summary.p99_ms:.0f} ms" if summary.p99_ms is not None else "-",
+        100 * summary.error_rate,
+        summary.errors or "",
+    )
+
+
+def _generator(plan: Plan, url: str, full: bool) -> LoadGenerator:
+    return LoadGenerator(
+        Request(url, full_check=full),
+        plan.samples,
+        timeout_s=plan.defaults.request_timeout_s + _CLIENT_SLACK_S,
+    )
+
+
+def sweep(
+    plan: Plan, name: str, generator: LoadGenerator, *, clients: list[int], rates: list[float]
+) -> list[Summary]:
+    """Closed loop at each client count, then open loop at each arrival rate."""
+    summaries = []
+    for count in clients:
+        outcomes, window = _run(generator.closed(count, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
+        summaries.append(summarise(name, "closed", count, outcomes, window))
+        _log(summaries[-1])
+    for rate in rates:
+        outcomes, window = _run(generator.open(rate, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
+        summaries.append(summarise(name, "open", round(rate, 2), outcomes, window))
+        _log(summaries[-1])
+    return summaries
+
+
+async def _with_memory(
+    generator: LoadGenerator, target: targets.Target, rate: float, duration_s: float
+) -> tuple[list[Outcome], tuple[float, float], list[tuple[float, int]]]:
+    """Open loop at `rate` with the server's resident memory sampled every 0.2 s."""
+    memory: list[tuple[float, int]] = []
+
+    async def sample() -> None:
+        while True:
+            memory.append((time.monotonic(), target.rss_bytes()))
+            await asyncio.sleep(0.2)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    try:
+        outcomes, window = await generator.open(rate, warmup_s=0.0, duration_s=duration_s)
+    finally:
+        sampler.cancel()
+    return outcomes, window, memory
+
+
+def overload(plan: Plan, target: targets.Target, generator: LoadGenerator, peak: Summary) -> dict[str, Any]:
+    """2x the peak arrival rate, then the peak's client count again (does throughput come back?)."""
+    rss_before = target.rss_bytes()
+    rate = plan.overload_factor * peak.images_per_s
+    outcomes, window, memory = _run(_with_memory(generator, target, rate, plan.overload_s))
+    during = summarise("service", "overload", round(rate, 2), outcomes, window)
+    _log(during)
+    after, after_window = _run(
+        generator.closed(int(peak.level), warmup_s=plan.warmup_s, duration_s=plan.duration_s)
+    )
+    recovery = summarise("service", "recovery", peak.level, after, after_window)
+    _log(recovery)
+    middle = (window[0] + window[1]) / 2
+    first = [rss for at, rss in memory if at < middle] or [rss_before]
+    second = [rss for at, rss in memory if at >= middle] or first
+    return {
+        "rate": rate,
+        "summary": during.as_dict(),
+        "recovery": recovery.as_dict(),
+        "statuses_all": sorted({str(o.status) for o in outcomes}),
+        "only_2xx_503_429": all(o.status in (200, 429, 503) for o in outcomes),
+        "max_request_s": max((o.done - o.sent for o in outcomes), default=0.0),
+        "deadline_s": plan.defaults.request_timeout_s,
+        "rss_mib": {
+            "before": rss_before / 2**20,
+            "max_first_half": max(first) / 2**20,
+            "max_second_half": max(second) / 2**20,
+        },
+    }
+
+
+def _command(plan: Plan, target: str) -> tuple[list[str], str, dict[str, str], str, int | None]:
+    """(command, classify path, extra environment, readiness path, port or None for 'any') of a target."""
+    budget = plan.defaults
+    repo, name = plan.model_dir.parent.parent, plan.model_dir.parent.name
+    if target in ("service", "service-b1"):
+        size = budget.max_batch_size if target == "service" else 1
+        flags = ["--default-model", name, "--providers", "CPUExecutionProvider", "--log-level", "info"]
+        command = targets.service_command(
+            repo, max_batch_size=size, max_queue_delay_ms=budget.max_queue_delay_ms, extra=flags
+        )
+        return command, "/v1/classify", {}, "/readyz", None
+    if target == "naive":
+        return (
+            targets.naive_command(),
+            "/classify",
+            {"CXR_NAIVE_MODEL": str(plan.model_dir)},
+            "/healthz",
+            None,
+        )
+    if target == "peer":
+        port = targets.free_port()
+        command = targets.peer_command(
+            plan.model_dir,
+            port,
+            max_batch_size=budget.max_batch_size,
+            max_queue_delay_ms=budget.max_queue_delay_ms,
+        )
+        return command, "/", {}, "/healthz", port
+    raise ValueError(f"unknown target {target!r}")
+
+
+def measure_targets(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every target's sweeps (service first) and the service's overload checks."""
+    order = sorted(plan.targets, key=lambda name: name != "service")
+    runs: list[Summary] = []
+    checks: dict[str, Any] = {}
+    rates: list[float] = []
+    logs = plan.out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in order:
+        command, path, env, ready, port = _command(plan, name)
+        log = logs / f"{name}.log"
+        with targets.launch(
+            name, command, log, ready_path=ready, port=port, env=env, timeout_s=180
+        ) as running:
+            generator = _generator(plan, running.url + path, full=name.startswith("service"))
+            closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[])
+            if name == "service":
+                peak = max(closed, key=lambda s: s.images_per_s)
+                rates = [fraction * peak.images_per_s for fraction in plan.open_fractions]
+            runs += closed + sweep(plan, name, generator, clients=[], rates=rates)
+            if name == "service":
+                checks = overload(plan, running, generator, peak)
+    return [summary.as_dict() for summary in runs], checks

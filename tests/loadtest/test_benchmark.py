@@ -1,0 +1,65 @@
+"""`cxr bench --quick`: the whole harness for real, in seconds (tiny model, synthetic full-size images,
+real uvicorn processes on free loopback ports), and the Ray Serve peer answering the same images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtest import targets
+from loadtest.benchmark import Plan, run
+from loadtest.checks import check_answer
+from loadtest.images import load_samples
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_writes_results_doc_and_plot(
+    tiny_model: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    samples = load_samples([image_folder], formats={"jpeg", "png"})
+    plan = Plan(model_dir=tiny_model, samples=samples, out_dir=tmp_path, targets=["naive", "service"])
+    plan.shrink()
+    plan.concurrency = [1, 2]
+
+    results = run(plan)
+
+    assert results == json.loads((tmp_path / "results.json").read_text())
+    runs = results["runs"]
+    assert runs[0]["target"] == "service"  # the service goes first: it sets the open-loop rates
+    assert {(r["target"], r["mode"]) for r in runs} == {
+        (target, mode) for target in ("service", "naive") for mode in ("closed", "open")
+    }
+    for closed in (r for r in runs if r["mode"] == "closed"):
+        assert closed["ok"] > 0 and closed["error_rate"] == 0.0, closed
+    assert results["limit"]["images_per_s"] > 0
+    assert {"decode (full-size)", "inference, batch 8 (per image)"} <= set(results["limit"]["stages_ms"])
+    overload = results["overload"]
+    assert overload["only_2xx_503_429"], overload["statuses_all"]
+    assert overload["max_request_s"] <= overload["deadline_s"] + 0.5
+    checks = {check["check"]: check for check in results["acceptance"]}
+    assert checks["service peak / best peer"]["pass"] is None  # no peer in this run: not measured, not passed
+    assert "skipped" in results["gpu"] or results["gpu"]["providers"]
+    document = (tmp_path / "benchmarks.md").read_text()
+    assert "Do not edit by hand" in document and "Quick smoke run" in document
+    assert "## GPU" in document and "| cxr service (dynamic batching) | 1 |" in document
+    assert (tmp_path / "benchmarks-throughput-p99.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_ray_serve_peer_answers_like_the_naive_baseline(
+    tiny_model: Path, image_folder: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("ray.serve")
+    port = targets.free_port()
+    command = targets.peer_command(tiny_model, port, max_batch_size=4, max_queue_delay_ms=2.0)
+    with targets.launch(
+        "peer", command, tmp_path / "peer.log", ready_path="/healthz", port=port, timeout_s=180
+    ) as peer:
+        for sample in load_samples([image_folder]):
+            response = httpx.post(
+                peer.url + "/", content=sample.data, headers={"Content-Type": sample.content_type}, timeout=60
+            )
+            assert check_answer(response.status_code, response.content, 1, full=False) is None, sample.name
