@@ -44,7 +44,7 @@ TARGETS = ("service", "service-b1", "naive", "peer")
 
 @dataclass
 class Plan:
-    """What one run measures; `shrink()` makes it to a smoke test of the harness."""
+    """What one run measures; `shrink()` makes it a smoke test of the harness."""
 
     model_dir: Path  # a version directory (card.json)
     samples: list[Sample]
@@ -58,12 +58,33 @@ class Plan:
     overload_s: float = 15.0
     stage_repeats: int = 5
     quick: bool = False
+    service_variants: dict[str, list[str]] = field(default_factory=dict)
     defaults: Settings = field(default_factory=lambda: Settings.model_construct())
+
+    def __post_init__(self) -> None:
+        if not self.service_variants:
+            self.service_variants = default_variants(self.defaults)
 
     def shrink(self) -> None:
         self.quick = True
+        self.service_variants = {}
         self.concurrency, self.open_fractions = [1, 4], [0.5, 0.7]
         self.warmup_s, self.duration_s, self.overload_s, self.stage_repeats = 0.3, 1.0, 2.0, 2
+
+
+def default_variants(defaults: Settings) -> dict[str, list[str]]:
+    """One setting changed at a time: the decode pool the other way (one thread per core, or one core
+    left to ONNX Runtime) and the per-request log line."""
+    cores = _cores()
+    workers = cores if defaults.decode_workers != cores else max(1, cores - 1)
+    return {
+        f"--decode-workers {workers}": ["--decode-workers", str(workers)],
+        "--log-level warning": ["--log-level", "warning"],
+    }
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 
 
 def host() -> dict[str, Any]:
@@ -80,7 +101,7 @@ def host() -> dict[str, Any]:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": _cores(),
         "memory_gib": round(memory / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -100,6 +121,7 @@ def _limit(plan: Plan) -> dict[str, Any]:
     stages = limit.stage_times(one, plan.samples, repeats=plan.stage_repeats, batch_sizes=sizes)
     both = OnnxModel(plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=2)
     workers, threads = budget.decode_workers, budget.intra_op_threads
+    other = _cores() if workers != _cores() else max(1, _cores() - 1)
     variants = [
         (one, limit.Pipeline(f"service budget, batch {size}", workers, threads, size)) for size in sizes
     ] + [
@@ -116,6 +138,12 @@ def _limit(plan: Plan) -> dict[str, Any]:
         (
             both,
             limit.Pipeline("no overlap: decode then infer, 2 intra-op threads", 0, 2, budget.max_batch_size),
+        ),
+        (
+            one,
+            limit.Pipeline(
+                f"{other} decode thread(s), {threads} intra-op", other, threads, budget.max_batch_size
+            ),
         ),
         (
             both,

@@ -226,6 +226,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         *_table(results["runs"], "open"),
         "",
+        *_variants_section(results["runs"]),
         *_overload_section(results.get("overload") or {}),
         "## GPU",
         "",
@@ -244,6 +245,34 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "benchmarks.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _variants_section(runs: list[dict[str, Any]]) -> list[str]:
+    variants = [r for r in runs if r["mode"] == "variant"]
+    if not variants:
+        return []
+    clients = variants[0]["level"]
+    base = next(
+        (r for r in runs if r["target"] == "service" and r["mode"] == "closed" and r["level"] == clients),
+        None,
+    )
+    lines = [
+        "## Service settings, measured end to end",
+        "",
+        f"The service with one setting changed, closed loop at {clients:g} clients (the peak's), against the "
+        "defaults at the same load in the sweep above.",
+        "",
+        "| service | images/s | vs defaults | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in ([base] if base else []) + variants:
+        ratio = f"{run['images_per_s'] / base['images_per_s']:.2f}x" if base and base["images_per_s"] else "-"
+        name = "defaults" if run is base else run["target"].removeprefix("service ")
+        lines.append(
+            f"| {name} | {run['images_per_s']:.1f} | {ratio} | {_ms(run['p50_ms'])} | {_ms(run['p99_ms'])} | "
+            f"{100 * run['error_rate']:.1f} % |"
+        )
+    return [*lines, ""]
 
 
 def _overload_section(overload: dict[str, Any]) -> list[str]:

@@ -122,13 +122,16 @@ def overload(plan: Plan, target: targets.Target, generator: LoadGenerator, peak:
     }
 
 
-def _command(plan: Plan, target: str) -> tuple[list[str], str, dict[str, str], str, int | None]:
+def _command(
+    plan: Plan, target: str, variant: list[str] | None = None
+) -> tuple[list[str], str, dict[str, str], str, int | None]:
     """(command, classify path, extra environment, readiness path, port or None for 'any') of a target."""
     budget = plan.defaults
     repo, name = plan.model_dir.parent.parent, plan.model_dir.parent.name
     if target in ("service", "service-b1"):
         size = budget.max_batch_size if target == "service" else 1
         flags = ["--default-model", name, "--providers", "CPUExecutionProvider", "--log-level", "info"]
+        flags += variant or []  # argparse: the last occurrence of a flag wins
         command = targets.service_command(
             repo, max_batch_size=size, max_queue_delay_ms=budget.max_queue_delay_ms, extra=flags
         )
@@ -175,4 +178,23 @@ def measure_targets(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             runs += closed + sweep(plan, name, generator, clients=[], rates=rates)
             if name == "service":
                 checks = overload(plan, running, generator, peak)
+    if "service" in order:
+        runs += variants(plan, int(peak.level))
     return [summary.as_dict() for summary in runs], checks
+
+
+def variants(plan: Plan, clients: int) -> list[Summary]:
+    """The service with one setting changed, closed loop at the peak's client count: each setting's
+    measured effect, end to end (the in-process variants cannot see HTTP or the event loop)."""
+    measured = []
+    for label, flags in plan.service_variants.items():
+        command, path, _, ready, port = _command(plan, "service", flags)
+        log = plan.out_dir / "logs" / f"service{'_'.join(flags)}.log"
+        with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
+            generator = _generator(plan, running.url + path, full=True)
+            outcomes, window = _run(
+                generator.closed(clients, warmup_s=plan.warmup_s, duration_s=plan.duration_s)
+            )
+        measured.append(summarise(f"service {label}", "variant", clients, outcomes, window))
+        _log(measured[-1])
+    return measured

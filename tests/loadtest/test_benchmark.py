@@ -24,6 +24,7 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     plan = Plan(model_dir=tiny_model, samples=samples, out_dir=tmp_path, targets=["naive", "service"])
     plan.shrink()
     plan.concurrency = [1, 2]
+    plan.service_variants = {"--log-level warning": ["--log-level", "warning"]}
 
     results = run(plan)
 
@@ -32,7 +33,7 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     assert runs[0]["target"] == "service"  # the service goes first: it sets the open-loop rates
     assert {(r["target"], r["mode"]) for r in runs} == {
         (target, mode) for target in ("service", "naive") for mode in ("closed", "open")
-    }
+    } | {("service --log-level warning", "variant")}
     for closed in (r for r in runs if r["mode"] == "closed"):
         assert closed["ok"] > 0 and closed["error_rate"] == 0.0, closed
     assert results["limit"]["images_per_s"] > 0
@@ -45,6 +46,7 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     assert "skipped" in results["gpu"] or results["gpu"]["providers"]
     document = (tmp_path / "benchmarks.md").read_text()
     assert "Do not edit by hand" in document and "Quick smoke run" in document
+    assert "## Service settings, measured end to end" in document
     assert "## GPU" in document and "| cxr service (dynamic batching) | 1 |" in document
     assert (tmp_path / "benchmarks-throughput-p99.png").read_bytes().startswith(b"\x89PNG")
 
