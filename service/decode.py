@@ -11,14 +11,21 @@ declaring 50000x50000 pixels) is rejected without allocating its pixels.
 
 from __future__ import annotations
 
+import io
+import logging
 import struct
+import traceback
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
 
-from service.errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.errors import CxrError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
 
 SHORT_SIDE = 320
 """Shorter side of the training images; every decoded image is brought to this scale (never enlarged)."""
@@ -29,6 +36,10 @@ ImageFormat = Literal["png", "jpeg", "dicom"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+_DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
+_DICOM_BYTES_PER_PIXEL = 4  # BitsAllocated is at most 32 for the images decode_dicom accepts
+_DICOM_HEADER_ALLOWANCE = 16 * 1024 * 1024  # tags, overlays, icons and private data besides the pixels
+_INFLATE_CHUNK = 1 << 20
 # SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -97,6 +108,40 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             break
         pos += 2 + length
     raise InvalidImage("JPEG file has no frame header (truncated or corrupt).")
+
+
+def check_deflated_dicom(data: bytes, max_pixels: int) -> None:
+    """Refuse a deflated DICOM whose dataset inflates beyond what `max_pixels` can need, before pydicom
+    inflates it: pydicom inflates the whole dataset in one call, so a 1 MB upload of deflated zeros would
+    otherwise allocate about 1 GB before Rows x Columns could be checked. Other syntaxes are not touched."""
+    if _DEFLATED_DICOM.encode() not in data[:65536]:  # the File Meta group comes first; cheap pre-check
+        return
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    try:  # find the transfer syntax and the dataset's start exactly as pydicom's reader will
+        read_preamble(stream, True)
+        meta = _read_file_meta_info(stream)
+        _read_command_set_elements(stream)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, struct.error, TypeError):
+        return  # the real reader rejects it the same way, before inflating anything
+    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_DICOM:
+        return
+    limit = max_pixels * _DICOM_BYTES_PER_PIXEL + _DICOM_HEADER_ALLOWANCE
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, inflated = data[stream.tell() :], 0
+    try:
+        while pending and not inflater.eof:  # at most one chunk of output held at a time
+            inflated += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if inflated > limit:
+                raise PayloadTooLarge(
+                    f"The deflated DICOM dataset inflates to over {limit} bytes; the pixel limit of "
+                    f"{max_pixels} pixels needs at most that."
+                )
+    except zlib.error:
+        raise InvalidImage("The deflated DICOM dataset is corrupt (zlib stream error).") from None
 
 
 def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
@@ -172,7 +217,26 @@ def decode(
     if sniffed == "dicom":
         from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
 
-        return decode_dicom(data, max_pixels=max_pixels)
+        check_deflated_dicom(data, max_pixels)
+        try:
+            return decode_dicom(data, max_pixels=max_pixels)
+        except CxrError:
+            raise
+        except BaseException as error:
+            if not _is_parser_failure(error):
+                raise
+            # pydicom converts tag values lazily, so reading any tag of a hostile file can raise whatever
+            # a value converter raises (NotImplementedError for an unknown VR, ValueError, ...), and the
+            # Rust codecs raise pyo3's PanicException. Bad bytes are the client's error (400), not a 500.
+            # Logged by type and place only: exception messages can quote tag values (patient data).
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            logger.warning(
+                "DICOM decode failed: %s at %s:%s; answered 400",
+                type(error).__name__,
+                Path(frame.filename).name,
+                frame.lineno,
+            )
+            raise InvalidImage(f"The DICOM file could not be read ({type(error).__name__}).") from None
     width, height = header_size(data, sniffed)
     check_pixel_limit(width, height, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -184,6 +248,12 @@ def decode(
         raise InvalidImage(f"The {sniffed.upper()} data could not be decoded (truncated or corrupt).")
     pixels = _to_gray8(pixels)
     return DecodedImage(to_training_scale(pixels), sniffed, height, width)
+
+
+def _is_parser_failure(error: BaseException) -> bool:
+    """Any ordinary exception, or a panic in a Rust extension (a BaseException); never an interrupt,
+    an exit or a cancellation."""
+    return isinstance(error, Exception) or type(error).__name__ == "PanicException"
 
 
 def decode_file(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:

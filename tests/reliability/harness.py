@@ -1,0 +1,138 @@
+"""A real `cxr serve` (uvicorn) on a free loopback port, for the reliability checks and their report.
+
+The server is a child process, so the checks see what a deployment sees: its exit status, its stderr (every
+log line it writes), its resident memory, and what happens to requests when it gets SIGTERM. Its model is
+the tiny test model, slowed by `delay_s` per batch (tests.service.slow_server) so that the model, not the
+loopback HTTP stack shared with the load generator on a 2-core machine, is the bottleneck, as a real CNN is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.tinymodel import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_KEY = "tiny/1"
+
+
+@dataclass
+class Service:
+    """One running server: its process, its combined stdout/stderr log file, and its base URL."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process now (0 once it has exited)."""
+        try:
+            return int(psutil.Process(self.process.pid).memory_info().rss)
+        except psutil.NoSuchProcess:
+            return 0
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One Prometheus sample from GET /metrics (0 when absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+    def batches(self) -> int:
+        """Batches the model has run since warm-up (warm-up runs bypass the batch metric)."""
+        return int(self.metric("cxr_batch_size_count", model=MODEL_KEY))
+
+    def terminate(self) -> tuple[int, float]:
+        """SIGTERM, then wait: (exit status, seconds from the signal to the exit)."""
+        signalled = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        returncode = self.process.wait(timeout=120)
+        return returncode, time.monotonic() - signalled
+
+
+def tiny_model_dir(root: Path) -> Path:
+    """A model repository holding the tiny test model (made fresh: nothing downloaded)."""
+    repository = root / "models"
+    if not (repository / "tiny").exists():
+        make_tiny_model(repository)
+    return repository
+
+
+def start(
+    model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0, env: dict[str, str] | None = None
+) -> Service:
+    """Launch `cxr serve --port 0` (the kernel picks a free port) without waiting for it."""
+    environment = {**os.environ, "CXR_TEST_BATCH_DELAY_S": str(delay_s), "PYTHONPATH": str(ROOT)}
+    environment.pop("CXR_API_KEYS", None)
+    environment.update(env or {})
+    command = [
+        sys.executable,
+        "-m",
+        "tests.service.slow_server",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+    return Service(process, log)
+
+
+def wait_ready(service: Service, timeout: float = 60.0) -> None:
+    """Poll the log for the bound port, then /readyz: a readiness wait, never a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while not service.url:
+        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", service.output())
+        if found:
+            service.url = found.group(1)
+        elif service.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{service.output()}")
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"server did not start:\n{service.output()}")
+        else:
+            time.sleep(0.02)
+    while True:
+        try:
+            if httpx.get(f"{service.url}/readyz", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"server never became ready:\n{service.output()}")
+        time.sleep(0.02)
+
+
+@contextmanager
+def running(
+    model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0, env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """A ready server for the block; killed afterwards if the block did not stop it itself."""
+    service = start(model_dir, log, *flags, delay_s=delay_s, env=env)
+    try:
+        wait_ready(service)
+        yield service
+    finally:
+        if service.process.poll() is None:
+            service.process.kill()
+            service.process.wait(30)
