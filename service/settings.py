@@ -26,8 +26,11 @@ _SHA256_KEY = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _default_decode_workers() -> int:
-    # One core for ONNX Runtime, the rest for decoding: on a 2-core host that is one of each.
-    return max(1, (os.cpu_count() or 2) - 1)
+    # One decode thread per core, the ONNX Runtime thread sharing a core with one of them: decoding a
+    # full-size X-ray costs several times the compact model's inference, so a core kept for ONNX Runtime
+    # mostly idles. Measured on 2 cores, full-size JPEGs, closed loop: 40 -> 60-70 images/s (cxr bench,
+    # docs/benchmarks.md, "Service settings").
+    return max(1, os.cpu_count() or 2)
 
 
 class Settings(BaseSettings):
