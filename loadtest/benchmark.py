@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -59,6 +60,8 @@ class Plan:
     stage_repeats: int = 5
     quick: bool = False
     service_variants: dict[str, list[str]] = field(default_factory=dict)
+    # The targets' logs stay out of the output folder (docs/ is committed); the path is logged at the end.
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cxr-bench-logs-")))
     defaults: Settings = field(default_factory=lambda: Settings.model_construct())
 
     def __post_init__(self) -> None:
@@ -195,6 +198,7 @@ def _gpu(plan: Plan) -> dict[str, Any]:
 def run(plan: Plan) -> dict[str, Any]:
     """Measure everything in `plan`, write results.json, benchmarks.md and the plot; return the results."""
     plan.out_dir.mkdir(parents=True, exist_ok=True)
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
     model = load_default(plan.model_dir)
     results: dict[str, Any] = {
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -291,6 +295,7 @@ def main(args: argparse.Namespace) -> int:
         plan.duration_s = args.duration_s
     results = run(plan)
     failed = [check["check"] for check in results["acceptance"] if check["pass"] is False]
+    logger.info("targets' logs: %s", plan.log_dir)
     logger.info(
         "wrote %s; acceptance: %d checks, %d failed %s",
         out / "benchmarks.md",

@@ -162,8 +162,7 @@ def measure_targets(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     runs: list[Summary] = []
     checks: dict[str, Any] = {}
     rates: list[float] = []
-    logs = plan.out_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = plan.log_dir
     for name in order:
         command, path, env, ready, port = _command(plan, name)
         log = logs / f"{name}.log"
@@ -189,7 +188,7 @@ def variants(plan: Plan, clients: int) -> list[Summary]:
     measured = []
     for label, flags in plan.service_variants.items():
         command, path, _, ready, port = _command(plan, "service", flags)
-        log = plan.out_dir / "logs" / f"service{'_'.join(flags)}.log"
+        log = plan.log_dir / f"service{'_'.join(flags)}.log"
         with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
             generator = _generator(plan, running.url + path, full=True)
             outcomes, window = _run(

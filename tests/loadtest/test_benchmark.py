@@ -21,7 +21,13 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     tiny_model: Path, image_folder: Path, tmp_path: Path
 ) -> None:
     samples = load_samples([image_folder], formats={"jpeg", "png"})
-    plan = Plan(model_dir=tiny_model, samples=samples, out_dir=tmp_path, targets=["naive", "service"])
+    plan = Plan(
+        model_dir=tiny_model,
+        samples=samples,
+        out_dir=tmp_path,
+        targets=["naive", "service"],
+        log_dir=tmp_path / "logs",
+    )
     plan.shrink()
     plan.concurrency = [1, 2]
     plan.service_variants = {"--log-level warning": ["--log-level", "warning"]}
