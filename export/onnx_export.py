@@ -66,7 +66,11 @@ def build_serving_function(model: Any, labels: list[str], feature_layer: str | N
         if features_model is not None:
             features = features_model(image, training=False)
             kernel = head.kernel[:, 0 if logits.shape[-1] == 1 else positive]
-            outputs["cam"] = tf.tensordot(features, kernel, axes=[[3], [0]])
+            cam = tf.tensordot(features, kernel, axes=[[3], [0]])
+            # tensordot drops the static spatial dims; restore them so the graph (and Triton's config)
+            # declares (N, h, w) instead of (N, ?, ?).
+            height, width = features_model.output_shape[1:3]
+            outputs["cam"] = tf.reshape(cam, [-1, height, width])
         return outputs
 
     return serve

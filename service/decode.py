@@ -34,6 +34,10 @@ DEFAULT_MAX_PIXELS = 60_000_000
 
 ImageFormat = Literal["png", "jpeg", "dicom"]
 
+# libpng/libjpeg warnings about corrupt input go to stderr otherwise; a corrupt upload is answered with
+# a clear error instead, and the log stays one line per request.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
