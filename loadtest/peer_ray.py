@@ -3,7 +3,7 @@ same preprocessing as the service (service.decode + OnnxModel.prepare/run).
 
 Set up the way Ray's documentation recommends for batching, and given the service's advantages so the
 comparison is about the framework: one replica, `max_ongoing_requests` high enough for batches to form,
-decoding on a one-thread pool and `session.run` on another (so decode overlaps inference), the same
+decoding on a pool of one thread per core (as the service) and `session.run` on a thread of its own, the same
 intra-op thread count, batch size and batch wait as the service. Ray's HTTP proxy runs in its own actor
 process and forwards each request to the replica.
 
@@ -48,7 +48,7 @@ class Classifier:
             providers=["CPUExecutionProvider"],
             intra_op_threads=intra_op_threads,
         )
-        self.decoder = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1))
+        self.decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)  # as the service: one per core
         self.runner = ThreadPoolExecutor(max_workers=1)
         # @serve.batch's wrapper carries these setters; its annotation does not say so.
         self.infer.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
