@@ -169,7 +169,9 @@ REGISTRY: dict[str, Architecture] = {
         224,
         True,
         "our compact CNN with batch normalisation (GAP head, exact CAM)",
-        lambda outputs, weights=None, input_size=224: compact_cnn(outputs, weights, input_size, batch_norm=True),
+        lambda outputs, weights=None, input_size=224: compact_cnn(
+            outputs, weights, input_size, batch_norm=True
+        ),
     ),
     "basic": Architecture("basic", 150, False, "seed basic CNN, 150x150x3, Flatten->Dense512", basic_cnn),
     "small3": Architecture("small3", 150, False, "seed CNN Conv32-Conv16-Conv16 + Dense512-256", small3_cnn),
