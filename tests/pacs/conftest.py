@@ -1,0 +1,316 @@
+"""Real components for the PACS tests: Orthanc (with its DICOMweb plugin) and `cxr serve` with a tiny model,
+each a subprocess on free loopback ports, waited for by polling (never a fixed sleep)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+
+from pacs.settings import PacsSettings
+from tests.tinymodel import make_tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DICOM_SAMPLES = ROOT.parent / "shared" / "data" / "dicom"
+ORTHANC = shutil.which("Orthanc")
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+LISTENER_AE = "CXRLISTEN"
+MOVE_AE = "CXRMOVE"
+
+needs_orthanc = pytest.mark.skipif(
+    ORTHANC is None or not DICOMWEB_PLUGIN.exists(),
+    reason="Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does)",
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def _stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@dataclass
+class Orthanc:
+    """One Orthanc process; `stop()` and `start()` again keep its ports and its database."""
+
+    folder: Path
+    http_port: int = field(default_factory=free_port)
+    dicom_port: int = field(default_factory=free_port)
+    modalities: dict[str, tuple[str, int]] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb(self) -> str:
+        return f"{self.url}/dicom-web"
+
+    def start(self) -> None:
+        config = {
+            "Name": "TESTPACS",
+            "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "TESTPACS",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomModalities": {ae: [ae, host, port] for ae, (host, port) in self.modalities.items()},
+            "StableAge": 1,
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "config.json").write_text(json.dumps(config))
+        log = (self.folder / "orthanc.log").open("ab")
+        assert ORTHANC is not None
+        self.process = subprocess.Popen([ORTHANC, str(self.folder / "config.json")], stdout=log, stderr=log)
+        log.close()
+
+        def up() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited:\n{(self.folder / 'orthanc.log').read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/system", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, 30, "Orthanc GET /system")
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def upload(self, data: bytes) -> str:
+        response = httpx.post(f"{self.url}/instances", content=data, timeout=30)
+        response.raise_for_status()
+        return str(response.json()["ID"])
+
+    def find(self, level: str, query: dict[str, str]) -> list[str]:
+        body = {"Level": level, "Query": query, "Expand": False}
+        return list(httpx.post(f"{self.url}/tools/find", json=body, timeout=30).json())
+
+    def dataset(self, orthanc_id: str) -> Dataset:
+        data = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30).content
+        return dcmread(DicomBytesIO(data), force=True)
+
+    def srs(self) -> list[Dataset]:
+        """Every SR instance Orthanc holds, read back as DICOM."""
+        return [self.dataset(i) for i in self.find("Instance", {"Modality": "SR"})]
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
+        pytest.skip(
+            "Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
+        )
+    server = Orthanc(tmp_path / "orthanc")
+    server.modalities = {LISTENER_AE: ("127.0.0.1", free_port()), MOVE_AE: ("127.0.0.1", free_port())}
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Service:
+    """`cxr serve` on a fixed free port (so a restart keeps its URL)."""
+
+    model_dir: Path
+    log: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env.pop("CXR_API_KEYS", None)
+        command = [
+            sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--model-dir", str(self.model_dir), "--providers", "CPUExecutionProvider", "--decode-workers", "1",
+        ]  # fmt: skip
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"service exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, 60, "service /readyz", interval=0.1)
+
+    def stop(self) -> None:
+        _stop(self.process)
+
+    def images_classified(self) -> float:
+        """Total of the images counter in /metrics (every image the service answered for)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("cxr_images_classified_total{")
+        )
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("models")
+    make_tiny_model(repository)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def service(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """One service for the tests that do not stop it."""
+    server = Service(model_dir, tmp_path_factory.mktemp("service") / "service.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_service(model_dir: Path, tmp_path: Path) -> Iterator[Service]:
+    """A service this test may stop and start again."""
+    server = Service(model_dir, tmp_path / "service.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+def settings(tmp_path: Path, service: Service, **values: Any) -> PacsSettings:
+    """PacsSettings for a test: state and report under tmp_path, quick retries, no progress bar."""
+    defaults: dict[str, Any] = {
+        "service_url": service.url,
+        "state": tmp_path / "state.sqlite",
+        "report": tmp_path / "report.jsonl",
+        "progress": "off",
+        "timeout_s": 10,
+        "backoff_initial_s": 0.1,
+        "backoff_max_s": 0.5,
+        "retry_budget_s": 60,
+        "attempts": 400,
+    }
+    return PacsSettings(**(defaults | values))
+
+
+def report_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sr_by_source(srs: list[Dataset]) -> dict[str, list[Dataset]]:
+    """SRs keyed by the SOP Instance UID of the image each references (evidence sequence)."""
+    found: dict[str, list[Dataset]] = {}
+    for sr in srs:
+        for study in sr.CurrentRequestedProcedureEvidenceSequence:
+            for series in study.ReferencedSeriesSequence:
+                for item in series.ReferencedSOPSequence:
+                    found.setdefault(str(item.ReferencedSOPInstanceUID), []).append(sr)
+    return found
+
+
+def load(data: bytes) -> Dataset:
+    return dcmread(DicomBytesIO(data), force=True)
+
+
+def cxr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the `cxr` command (python -m service.cli) and capture its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def predict(model_dir: Path, images: dict[str, bytes], folder: Path) -> dict[str, dict[str, Any]]:
+    """`cxr predict --format jsonl` on the images written to files: records keyed by SOP Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_path: dict[str, str] = {}
+    for name, data in images.items():
+        path = folder / f"{name}.dcm"
+        path.write_bytes(data)
+        by_path[str(path)] = str(load(data).SOPInstanceUID)
+    done = cxr("predict", "--model", str(model_dir / "tiny" / "1"), "--format", "jsonl", *by_path)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {by_path[record["file"]]: record for record in records}
+
+
+def real_samples() -> dict[str, bytes]:
+    """The real chest DICOMs in ../shared/data/dicom, when present."""
+    if not DICOM_SAMPLES.is_dir():
+        return {}
+    return {path.stem: path.read_bytes() for path in sorted(DICOM_SAMPLES.glob("*.dcm"))}
+
+
+def check_srs(
+    orthanc: Orthanc, expected: dict[str, dict[str, Any]], sources: dict[str, Dataset]
+) -> dict[str, Dataset]:
+    """Exactly one SR per expected image, whose references and values match `cxr predict`'s record."""
+    from pacs.sr import SERIES_DESCRIPTION, read_result
+
+    by_source = sr_by_source(orthanc.srs())
+    assert set(by_source) == set(expected), (sorted(by_source), sorted(expected))
+    for uid, record in expected.items():
+        assert len(by_source[uid]) == 1, f"{len(by_source[uid])} SRs for {uid}"
+        sr, source = by_source[uid][0], sources[uid]
+        values = read_result(sr)
+        assert values["referenced_sop_instance_uids"] == [uid]
+        assert sr.StudyInstanceUID == source.StudyInstanceUID
+        assert sr.get("PatientID", "") == source.get("PatientID", "")
+        assert sr.VerificationFlag == "UNVERIFIED" and sr.CompletionFlag == "COMPLETE"
+        assert sr.SeriesDescription == SERIES_DESCRIPTION
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+        assert values["algorithm_name"] == record["model"]["name"]
+        assert values["algorithm_version"] == record["model"]["version"]
+        assert values["probability"] == pytest.approx(record["probabilities"]["covid"], abs=1e-6)
+        assert values["threshold"] == pytest.approx(record["threshold"])
+        assert values["finding"] == ("Suspected" if record["label"] == "covid" else "Not detected")
+    return {uid: srs[0] for uid, srs in by_source.items()}
