@@ -13,6 +13,7 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
@@ -67,6 +68,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # The client went away while its body was still being read: no fault here, nobody to answer,
+            # and nothing was queued for the model. 499 (nginx's "client closed request") in log and metrics.
+            status = status or 499
         except Exception:
             logger.exception("server fault request_id=%s %s %s", request_id, scope["method"], _route(scope))
             if status:  # the response already started: nothing sane can be sent any more

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from service.app import begin_drain, create_app
+from service.model import ModelCard, ModelIntegrityError, find_versions, verify_files
 from service.settings import Settings, from_cli
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,21 @@ class _DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def verify_repository(settings: Settings) -> None:
+    """Raise ModelIntegrityError if any model file differs from its card (the lifespan checks again)."""
+    for directory in find_versions(settings.model_dir):
+        verify_files(directory, ModelCard.load(directory))
+
+
 def run(settings: Settings) -> int:
     """Serve until a signal; 0 after a clean stop, 3 if the app failed to start (e.g. a bad checksum)."""
+    try:
+        # Checked before uvicorn starts: a failing lifespan makes uvicorn log a traceback, and an operator
+        # should read one line saying which file failed, not a stack.
+        verify_repository(settings)
+    except ModelIntegrityError as error:
+        logger.error("refusing to start: %s", error)
+        return 3
     app = create_app(settings)
     config = uvicorn.Config(
         app,
