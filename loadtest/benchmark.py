@@ -151,7 +151,10 @@ def _limit(plan: Plan) -> dict[str, Any]:
         (
             both,
             limit.Pipeline(
-                "oversubscribed: decode thread + 2 intra-op threads", workers, 2, budget.max_batch_size
+                f"oversubscribed: {workers} decode thread(s) + 2 intra-op threads",
+                workers,
+                2,
+                budget.max_batch_size,
             ),
         ),
     ]

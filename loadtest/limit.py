@@ -105,14 +105,23 @@ def run_pipeline(
 
     started = time.monotonic()
     measure_from, end = started + warmup_s, started + warmup_s + duration_s
+    # Images per second between the first and the last batch completed in the window: exact for any batch
+    # size (counting whole batches against the window's length would be off by up to one batch).
+    first = last = 0.0
     images = 0
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end or not last:
             batch = np.stack([next_tensor() for _ in range(pipeline.batch_size)])
             model.run(batch)
-            if measure_from <= time.monotonic() <= end:  # counted when done, like a response
+            done = time.monotonic()
+            if done < measure_from:
+                continue
+            if not first:
+                first = done
+            else:
                 images += pipeline.batch_size
+                last = done
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return images / duration_s
+    return images / (last - first)
