@@ -31,6 +31,7 @@ ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 LISTENER_AE = "CXRLISTEN"
 MOVE_AE = "CXRMOVE"
+GET_AE = "CXRGET"
 
 needs_orthanc = pytest.mark.skipif(
     ORTHANC is None or not DICOMWEB_PLUGIN.exists(),
@@ -142,7 +143,8 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
             "Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
         )
     server = Orthanc(tmp_path / "orthanc")
-    server.modalities = {LISTENER_AE: ("127.0.0.1", free_port()), MOVE_AE: ("127.0.0.1", free_port())}
+    # Orthanc answers C-FIND/C-GET/C-MOVE only for AEs it knows (DicomAlwaysAllowFind and friends are off).
+    server.modalities = {ae: ("127.0.0.1", free_port()) for ae in (LISTENER_AE, MOVE_AE, GET_AE)}
     server.start()
     yield server
     server.stop()
