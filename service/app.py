@@ -23,7 +23,7 @@ from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
 from service.model import ModelIntegrityError
 from service.runtime import Runtime
-from service.schemas import NOTICE
+from service.schemas import NOTICE, problem_responses
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     app.include_router(v2.router)
 
-    @app.get("/healthz", summary="Liveness", tags=["operations"])
+    @app.get("/healthz", summary="Liveness", tags=["operations"], responses=problem_responses(503))
     async def healthz(request: Request) -> dict[str, str]:
         runtime = getattr(request.app.state, "runtime", None)
         if runtime is not None and runtime.warmup_error is not None:
             raise ModelNotReady("Model warm-up failed; restart the service.")
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: every model loaded and warmed", tags=["operations"])
+    @app.get(
+        "/readyz",
+        summary="Readiness: every model loaded and warmed",
+        tags=["operations"],
+        responses=problem_responses(503),
+    )
     async def readyz(request: Request) -> dict[str, Any]:
         runtime = runtime_of(request)
         runtime.check_accepting()
@@ -91,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/models",
         summary="Models served, with metadata and providers in use",
         dependencies=[Depends(require_api_key)],
+        responses=problem_responses(401),
     )
     async def models(request: Request) -> dict[str, Any]:
         runtime = runtime_of(request)

@@ -98,3 +98,40 @@ CLASSIFY_REQUEST_BODY = {
         },
     },
 }
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The problem+json answers a route can give, for its OpenAPI entry (a subset of PROBLEM_RESPONSES)."""
+    return {status: PROBLEM_RESPONSES[status] for status in statuses}
+
+
+_V2_TENSOR = {
+    "type": "object",
+    "required": ["name", "shape", "datatype", "data"],
+    "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string"},
+        "data": {"type": "array", "items": {"type": "number"}},
+    },
+}
+V2_INFER_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["inputs"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "inputs": {"type": "array", "items": _V2_TENSOR},
+                    "outputs": {
+                        "type": "array",
+                        "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+                    },
+                },
+            }
+        }
+    },
+}
+"""Open Inference Protocol v2 infer request (KServe / Triton REST), for the OpenAPI schema."""

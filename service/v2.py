@@ -21,10 +21,14 @@ from service.batcher import BatchResult
 from service.classify import runtime_of
 from service.errors import DeadlineExceeded, InvalidParameter, MalformedRequest, PayloadTooLarge
 from service.repository import ServedModel
+from service.schemas import V2_INFER_REQUEST_BODY, problem_responses
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 _DATATYPE = "FP32"
+# Documented in the OpenAPI schema so that clients (and the schema fuzzing in tests/reliability) know them.
+_METADATA_PROBLEMS = problem_responses(401, 404)
+_INFER_PROBLEMS = problem_responses(400, 401, 404, 413, 422, 429, 503, 504)
 
 
 def _io_metadata(served: ServedModel) -> dict[str, Any]:
@@ -55,7 +59,9 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="v2 readiness (503 until every model is warm)")
+@router.get(
+    "/health/ready", summary="v2 readiness (503 until every model is warm)", responses=problem_responses(503)
+)
 async def ready(request: Request) -> dict[str, bool]:
     runtime_of(request).check_accepting()
     return {"ready": True}
@@ -66,7 +72,12 @@ async def server_metadata() -> dict[str, Any]:
     return {"name": "cxr-covid", "version": "0.1.0", "extensions": []}
 
 
-@router.get("/models/{name}", dependencies=[Depends(require_api_key)], summary="v2 model metadata")
+@router.get(
+    "/models/{name}",
+    dependencies=[Depends(require_api_key)],
+    summary="v2 model metadata",
+    responses=_METADATA_PROBLEMS,
+)
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
     return _io_metadata(runtime_of(request).repository.get(name))
 
@@ -75,12 +86,13 @@ async def model_metadata(request: Request, name: str) -> dict[str, Any]:
     "/models/{name}/versions/{version}",
     dependencies=[Depends(require_api_key)],
     summary="v2 model version metadata",
+    responses=_METADATA_PROBLEMS,
 )
 async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
     return _io_metadata(runtime_of(request).repository.get(name, version))
 
 
-@router.get("/models/{name}/ready", summary="v2 model readiness")
+@router.get("/models/{name}/ready", summary="v2 model readiness", responses=problem_responses(404, 503))
 async def model_ready(request: Request, name: str) -> dict[str, Any]:
     runtime = runtime_of(request)
     runtime.repository.get(name)
@@ -190,7 +202,13 @@ async def _infer(request: Request, served: ServedModel) -> dict[str, Any]:
     return response
 
 
-@router.post("/models/{name}/infer", dependencies=[Depends(require_api_key)], summary="v2 inference")
+@router.post(
+    "/models/{name}/infer",
+    dependencies=[Depends(require_api_key)],
+    summary="v2 inference",
+    responses=_INFER_PROBLEMS,
+    openapi_extra={"requestBody": V2_INFER_REQUEST_BODY},
+)
 async def infer(request: Request, name: str) -> dict[str, Any]:
     return await _infer(request, runtime_of(request).repository.get(name))
 
@@ -199,6 +217,8 @@ async def infer(request: Request, name: str) -> dict[str, Any]:
     "/models/{name}/versions/{version}/infer",
     dependencies=[Depends(require_api_key)],
     summary="v2 inference on a model version",
+    responses=_INFER_PROBLEMS,
+    openapi_extra={"requestBody": V2_INFER_REQUEST_BODY},
 )
 async def infer_version(request: Request, name: str, version: str) -> dict[str, Any]:
     return await _infer(request, runtime_of(request).repository.get(name, version))
