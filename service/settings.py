@@ -26,10 +26,11 @@ _SHA256_KEY = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _default_decode_workers() -> int:
-    # One decode thread per core, the ONNX Runtime thread sharing a core with one of them: decoding a
-    # full-size X-ray costs several times the compact model's inference, so a core kept for ONNX Runtime
-    # mostly idles. Measured on 2 cores, full-size JPEGs, closed loop: 40 -> 60-70 images/s (cxr bench,
-    # docs/benchmarks.md, "Service settings").
+    # One decode thread per core, the ONNX Runtime thread sharing a core with one of them: decoding and
+    # preprocessing a full-size X-ray (~35 ms of CPU with the bundled model's lung segmenter) cost ten
+    # times its inference (~3 ms), so a core kept for ONNX Runtime mostly idles. Measured on 2 cores,
+    # full-size JPEGs, 8 clients, with the tiny test model: 40 -> 60-70 images/s; `cxr bench` measures the
+    # bundled model both ways (docs/benchmarks.md, "Service settings").
     return max(1, os.cpu_count() or 2)
 
 
