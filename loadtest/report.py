@@ -26,7 +26,7 @@ def _peak(runs: list[dict[str, Any]], target: str) -> dict[str, Any] | None:
 
 
 def _ratio(check: str, numerator: float | None, denominator: float | None, minimum: float) -> dict[str, Any]:
-    if not numerator or not denominator:
+    if numerator is None or not denominator:  # a target that was not run (a 0 from one that ran fails)
         return {"check": check, "value": None, "required": f">= {minimum}", "pass": None}
     value = numerator / denominator
     return {"check": check, "value": round(value, 3), "required": f">= {minimum}", "pass": value >= minimum}

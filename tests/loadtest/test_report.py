@@ -1,0 +1,79 @@
+"""The acceptance checks computed from results: ratios, 'not measured' for a target that did not run, and
+the overload rules (statuses, deadline, memory, recovery)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadtest.report import acceptance
+
+
+def _run(
+    target: str, mode: str, level: float, rate: float, p50: float = 50.0, p99: float = 90.0
+) -> dict[str, Any]:
+    return {
+        "target": target,
+        "mode": mode,
+        "level": level,
+        "images_per_s": rate,
+        "p50_ms": p50,
+        "p99_ms": p99,
+    }
+
+
+def _results(**overrides: Any) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "limit": {"images_per_s": 50.0},
+        "settings": {"open_fractions_of_service_peak": [0.5, 0.7]},
+        "runs": [
+            _run("service", "closed", 1, 20.0, p50=40.0),
+            _run("service", "closed", 16, 47.0),
+            _run("service", "open", 23.5, 23.5, p99=100.0),
+            _run("service", "open", 32.9, 32.9, p99=110.0),
+            _run("naive", "closed", 16, 30.0),
+        ],
+        "overload": {
+            "statuses_all": ["200", "503"],
+            "only_2xx_503_429": True,
+            "max_request_s": 2.5,
+            "deadline_s": 10.0,
+            "rss_mib": {"before": 300.0, "max_first_half": 500.0, "max_second_half": 505.0},
+            "recovery": {"images_per_s": 46.0},
+        },
+    }
+    results.update(overrides)
+    return results
+
+
+def test_acceptance_from_one_run() -> None:
+    checks = {check["check"].split(" (")[0]: check for check in acceptance(_results())}
+    assert checks["service peak / in-process limit"] == {
+        "check": "service peak / in-process limit", "value": 0.94, "required": ">= 0.9", "pass": True
+    }  # fmt: skip
+    assert checks["service peak / best peer"]["pass"] is None  # no peer ran: not measured, not passed
+    assert checks["service peak / naive baseline"]["pass"] is True  # 47 / 30 = 1.57
+    latency = checks["p99 at 70 % of peak / single-request latency"]
+    assert latency["pass"] is True and latency["value"].startswith("2.75 ")  # 110 ms / 40 ms
+    assert [check["check"] for check in checks.values() if check["pass"] is False] == []
+
+
+def test_a_slow_tail_growing_memory_and_no_recovery_fail() -> None:
+    results = _results()
+    results["runs"][3]["p99_ms"] = 130.0  # 3.25x the single-request latency
+    results["overload"]["rss_mib"]["max_second_half"] = 900.0
+    results["overload"]["recovery"]["images_per_s"] = 10.0
+    results["overload"]["max_request_s"] = 12.0
+    failed = {check["check"].split(" (")[0] for check in acceptance(results) if check["pass"] is False}
+    assert failed == {
+        "p99 at 70 % of peak / single-request latency",
+        "2x peak: longest request",
+        "2x peak: memory bounded",
+        "after overload: throughput / peak",
+    }
+
+
+def test_a_service_that_served_nothing_fails_rather_than_going_unmeasured() -> None:
+    results = _results()
+    results["runs"][1]["images_per_s"] = results["runs"][0]["images_per_s"] = 0.0
+    checks = {check["check"]: check for check in acceptance(results)}
+    assert checks["service peak / in-process limit"]["pass"] is False
