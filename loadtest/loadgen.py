@@ -66,6 +66,7 @@ class Summary:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     max_total_s: float = 0.0  # longest time from send to answer of any request, failed ones included
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per request by part (service, closed loop)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))

@@ -206,6 +206,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "|---|---|",
         *[f"| {stage} | {ms:.2f} |" for stage, ms in limit["stages_ms"].items()],
         "",
+        *_cpu_section(results["runs"], host["cores"]),
         "## In-process limit and optimizations",
         "",
         "Decode + preprocess + ONNX Runtime in a tight loop, no HTTP. The first rows use the service's thread "
@@ -245,6 +246,30 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "benchmarks.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _cpu_section(runs: list[dict[str, Any]], cores: int) -> list[str]:
+    """CPU time per request at each service's peak: what the HTTP path adds to the pipeline above."""
+    lines: list[str] = []
+    for target in ("service", "service-b1"):
+        peak = _peak(runs, target)
+        if not peak or not peak.get("cpu_ms"):
+            continue
+        if not lines:
+            lines = [
+                "CPU time per request at the peak (all threads of the server, and the load generator on the "
+                "same cores); the throughput those costs allow is cores x 1000 / total.",
+                "",
+                "| target | clients | "
+                + " | ".join(f"{part} ms" for part in peak["cpu_ms"])
+                + " | total ms | allows images/s |",
+                "|---|---|" + "---|" * (len(peak["cpu_ms"]) + 2),
+            ]
+        total = sum(peak["cpu_ms"].values())
+        parts = " | ".join(f"{ms:.1f}" for ms in peak["cpu_ms"].values())
+        allows = f"{cores * 1000 / total:.1f}" if total > 0 else "-"
+        lines.append(f"| {_NAMES[target]} | {peak['level']:g} | {parts} | {total:.1f} | {allows} |")
+    return [*lines, ""] if lines else []
 
 
 def _variants_section(runs: list[dict[str, Any]]) -> list[str]:

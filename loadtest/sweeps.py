@@ -13,6 +13,8 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psutil
+
 from loadtest import targets
 from loadtest.loadgen import LoadGenerator, Outcome, Request, Summary, summarise
 
@@ -57,19 +59,47 @@ def _generator(plan: Plan, url: str, full: bool) -> LoadGenerator:
 
 
 def sweep(
-    plan: Plan, name: str, generator: LoadGenerator, *, clients: list[int], rates: list[float]
+    plan: Plan,
+    name: str,
+    generator: LoadGenerator,
+    *,
+    clients: list[int],
+    rates: list[float],
+    server: targets.Target | None = None,
 ) -> list[Summary]:
-    """Closed loop at each client count, then open loop at each arrival rate."""
+    """Closed loop at each client count, then open loop at each arrival rate. With `server`, each closed
+    level also records the CPU time per request of the server's threads and of this load generator."""
     summaries = []
     for count in clients:
+        before = _cpu_seconds(server)
         outcomes, window = _run(generator.closed(count, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
+        after = _cpu_seconds(server)
         summaries.append(summarise(name, "closed", count, outcomes, window))
+        if server is not None and outcomes:
+            summaries[-1].cpu_ms = {
+                part: 1000.0 * (after[part] - before[part]) / len(outcomes) for part in after
+            }
         _log(summaries[-1])
     for rate in rates:
         outcomes, window = _run(generator.open(rate, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
         summaries.append(summarise(name, "open", round(rate, 2), outcomes, window))
         _log(summaries[-1])
     return summaries
+
+
+def _cpu_seconds(server: targets.Target | None) -> dict[str, float]:
+    """CPU seconds so far: the server's event loop thread (HTTP, framework, batcher), its other threads
+    (decoding, preprocessing, ONNX Runtime), and this process (the load generator)."""
+    if server is None:
+        return {}
+    process = psutil.Process(server.process.pid)
+    threads = {thread.id: thread.user_time + thread.system_time for thread in process.threads()}
+    own = psutil.Process().cpu_times()
+    return {
+        "event loop thread": threads.get(process.pid, 0.0),
+        "worker threads": sum(threads.values()) - threads.get(process.pid, 0.0),
+        "load generator": own.user + own.system,
+    }
 
 
 async def _with_memory(
@@ -170,7 +200,8 @@ def measure_targets(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             name, command, log, ready_path=ready, port=port, env=env, timeout_s=180
         ) as running:
             generator = _generator(plan, running.url + path, full=name.startswith("service"))
-            closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[])
+            server = running if name.startswith("service") else None
+            closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[], server=server)
             if name == "service":
                 peak = max(closed, key=lambda s: s.images_per_s)
                 rates = [fraction * peak.images_per_s for fraction in plan.open_fractions]

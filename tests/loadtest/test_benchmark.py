@@ -52,7 +52,7 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     assert "skipped" in results["gpu"] or results["gpu"]["providers"]
     document = (tmp_path / "benchmarks.md").read_text()
     assert "Do not edit by hand" in document and "Quick smoke run" in document
-    assert "## Service settings, measured end to end" in document
+    assert "## Service settings, measured end to end" in document and "event loop thread ms" in document
     assert "## GPU" in document and "| cxr service (dynamic batching) | 1 |" in document
     assert (tmp_path / "benchmarks-throughput-p99.png").read_bytes().startswith(b"\x89PNG")
 
