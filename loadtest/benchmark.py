@@ -267,7 +267,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}"
     )
     parser.add_argument(
-        "--out", type=Path, help="output folder (default: docs/, or bench-quick/ with --quick)"
+        "--out", type=Path, help="output folder (default: docs/, or build/bench-quick/ with --quick)"
     )
     parser.add_argument("--concurrency", help="closed-loop clients, comma-separated (default 1,4,16,64)")
     parser.add_argument("--duration-s", type=float, help="measured seconds per load level (default 8)")
@@ -284,7 +284,7 @@ def main(args: argparse.Namespace) -> int:
     formats: set[ImageFormat] = {fmt for fmt in get_args(ImageFormat) if fmt in wanted}
     samples = load_samples([f for f in folders if f.is_dir()], formats=formats)
     model_dir = load_default(args.model).directory
-    out = args.out or (ROOT / ("bench-quick" if args.quick else "docs"))
+    out = args.out or (ROOT / "build" / "bench-quick" if args.quick else ROOT / "docs")
     plan = Plan(model_dir=model_dir, samples=samples, out_dir=out)
     if args.quick:
         plan.shrink()
