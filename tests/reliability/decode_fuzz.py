@@ -587,3 +587,27 @@ def bombs(max_pixels: int) -> list[tuple[str, bytes]]:
             _deflated_dicom_bomb(deflated_size),
         ),
     ]
+
+
+def memory_per_pixel(side: int = 2000) -> dict[str, float]:
+    """Peak decode memory per pixel (bytes) for the heaviest layout of each format, each measured in a
+    fresh worker (ru_maxrss is a high-water mark): what `max_pixels` costs per image in flight."""
+    zeros16 = np.zeros((side, side, 4), np.uint16)
+    zeros16[::7, ::5] = 60000  # some content, still highly compressible
+    layouts = {
+        "PNG 16-bit RGBA": cv2.imencode(".png", zeros16)[1].tobytes(),
+        "PNG 8-bit RGBA": cv2.imencode(".png", np.zeros((side, side, 4), np.uint8))[1].tobytes(),
+        "PNG 8-bit gray": cv2.imencode(".png", np.zeros((side, side), np.uint8))[1].tobytes(),
+        "JPEG colour (DCT-reduced)": cv2.imencode(".jpg", np.zeros((side, side, 3), np.uint8))[1].tobytes(),
+        "DICOM 16-bit, JPEG 2000": dicom_file(
+            np.zeros((side, side), np.uint16), bits_stored=12, syntax="1.2.840.10008.1.2.4.90"
+        ),
+    }
+    measured = {}
+    for name, data in layouts.items():
+        with decode_worker(timeout_s=60) as worker:
+            outcome = worker.decode(data, None, side * side)
+            if outcome.kind != "ok":
+                raise RuntimeError(f"{name}: {outcome.kind} {outcome.detail}")
+            measured[name] = (outcome.peak_rss_kib - worker.baseline_rss_kib) * 1024 / (side * side)
+    return measured
