@@ -3,7 +3,8 @@
 Answers are sorted for the retry loop: connection failures, timeouts, 429, 502, 503 and 504 are
 `Transient` (503 and 429 carry Retry-After); 400/413/415/422 are `Permanent` (problem type
 `unsupported-dicom` becomes kind "unsupported": a policy skip such as a lateral-only series or a hand
-radiograph, not a fault); 401/403/404 are `Permanent` of kind "config".
+radiograph, not a fault); 401/403 and 404 (unknown model) are `Permanent` of kind "config": the pass
+stops and exits 2 without marking any image failed.
 """
 
 from __future__ import annotations
@@ -75,8 +76,20 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP date: fall back to our own backoff
 
 
-def raise_for_status(response: httpx.Response, what: str) -> None:
-    """Map an HTTP answer onto Transient/Permanent (shared with pacs.dicomweb)."""
+def transport_error(error: httpx.TransportError, what: str) -> Transient | Permanent:
+    """A failed exchange: transient (refused, reset, timeout), except a TLS certificate that does not
+    verify, which no retry will fix (kind "config": fix the CA bundle or the server's certificate)."""
+    text = str(error)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return Permanent(
+            f"{what}: TLS certificate verification failed (--ca-bundle or --no-tls-verify)", kind="config"
+        )
+    return Transient(f"{what}: {type(error).__name__}")
+
+
+def raise_for_status(response: httpx.Response, what: str, *, not_found: str = "invalid") -> None:
+    """Map an HTTP answer onto Transient/Permanent (shared with pacs.dicomweb); `not_found` is the kind of
+    a 404: an image deleted meanwhile ("invalid") or, from the service, an unknown model ("config")."""
     if response.is_success:
         return
     detail = ""
@@ -92,7 +105,7 @@ def raise_for_status(response: httpx.Response, what: str) -> None:
     if response.status_code in _TRANSIENT_STATUS:
         raise Transient(message, retry_after_s=_retry_after(response))
     if response.status_code in (401, 403, 404, 407):
-        raise Permanent(message, kind="config" if response.status_code != 404 else "invalid")
+        raise Permanent(message, kind="config" if response.status_code != 404 else not_found)
     kind = "unsupported" if problem_type.endswith("#unsupported-dicom") else "invalid"
     raise Permanent(message, kind=kind)
 
@@ -128,8 +141,8 @@ class ServiceClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:  # refused, reset, timeout, DNS: the service may come back
-            raise Transient(f"service {method} {path}: {type(error).__name__}") from None
-        raise_for_status(response, f"service {method} {path}")
+            raise transport_error(error, f"service {method} {path}") from None
+        raise_for_status(response, f"service {method} {path}", not_found="config")
         return response
 
     def _positive_label(self, name: str) -> str:

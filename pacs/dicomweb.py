@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from pacs.client import raise_for_status
-from pacs.retry import Backoff, Permanent, Transient, retry
+from pacs.client import raise_for_status, transport_error
+from pacs.retry import Backoff, Permanent, retry
 from pacs.source import InstanceRef, Query
 from service.dicom import CHEST_BODY_PARTS
 
@@ -53,16 +53,16 @@ def split_multipart(body: bytes, content_type: str) -> list[bytes]:
     found = re.search(r'boundary="?([^";,]+)"?', content_type, re.IGNORECASE)
     if not found:
         raise Permanent(f"multipart answer without a boundary ({content_type[:80]})")
-    delimiter = b"--" + found.group(1).encode("ascii")
+    # RFC 2046 5.1.1: a delimiter is CRLF "--" boundary; the CRLF belongs to it, not to the part before.
+    delimiter = b"\r\n--" + found.group(1).encode("ascii")
     parts = []
-    for chunk in body.split(delimiter)[1:]:
+    for chunk in (b"\r\n" + body).split(delimiter)[1:]:
         if chunk.startswith(b"--"):
             break  # the close delimiter
         header_end = chunk.find(b"\r\n\r\n")
         if header_end < 0:
             continue
-        payload = chunk[header_end + 4 :]
-        parts.append(payload[:-2] if payload.endswith(b"\r\n") else payload)
+        parts.append(chunk[header_end + 4 :])
     return parts
 
 
@@ -100,7 +100,7 @@ class DicomWebClient:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as error:
-                raise Transient(f"DICOMweb {method} {path}: {type(error).__name__}") from None
+                raise transport_error(error, f"DICOMweb {method} {path}") from None
             raise_for_status(response, f"DICOMweb {method} {path}")
             return response
 

@@ -105,7 +105,11 @@ class Processor:
             self._state.mark_written(ref.sop_uid)
         except Permanent as error:
             return self._failed(
-                ref, started, result, "unsupported" if error.kind == "unsupported" else "permanent", error
+                ref,
+                started,
+                result,
+                error.kind if error.kind in ("unsupported", "config") else "permanent",
+                error,
             )
         except Transient as error:
             return self._failed(ref, started, result, "transient", error)

@@ -1,10 +1,11 @@
 """One pass of `cxr pacs`: search the PACS, then classify and write back every image not yet done.
 
 Exit status (for cron): 0 every image found was written, skipped by policy, or done before;
-1 some image failed permanently (see the report and the ledger); 3 the pass is incomplete because the
-PACS or the service stayed unavailable beyond the retry budget (run again later: nothing is lost);
-2 is left to the CLI for bad settings. After the first image whose retries run out on a transient
-error, no new image is started: the outage is evidently longer than the budget.
+1 some image failed permanently (see the report and the ledger); 2 bad settings, including what only the
+servers can tell (401/403: credentials or API key; an unknown model); 3 the pass is incomplete because the
+PACS or the service stayed unavailable beyond the retry budget (run again later: nothing is lost).
+After the first image whose retries run out on a transient error, or that meets a configuration error,
+no new image is started: the outage or the misconfiguration concerns them all.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 LAST_RUN_KEY = "last_pass_date"
 
-EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_SETTINGS, EXIT_INCOMPLETE = 0, 1, 2, 3
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Summary:
     found: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     search_failed: str | None = None
+    config_error: str | None = None
     stopped_early: bool = False
 
     def add(self, outcome: Outcome) -> None:
@@ -51,6 +53,8 @@ class Summary:
 
     @property
     def exit_code(self) -> int:
+        if self.config_error or self.counts.get("failed-config", 0):
+            return EXIT_SETTINGS
         if self.counts.get("failed-permanent", 0):
             return EXIT_FAILED
         if self.search_failed or self.stopped_early or self.counts.get("failed-transient", 0):
@@ -184,7 +188,11 @@ def run_pass(settings: PacsSettings, *, stop: threading.Event | None = None) -> 
                     todo.append(found)
                 else:
                     summary.add(Outcome("already-done"))
-        except (Transient, Permanent) as error:
+        except Permanent as error:
+            summary.config_error = str(error) if error.kind == "config" else None
+            summary.search_failed = str(error)
+            logger.error("search failed: %s", error)
+        except Transient as error:
             summary.search_failed = str(error)
             logger.error("search failed: %s", error)
         if settings.limit is not None:
@@ -213,7 +221,7 @@ def _process_all(
         if stop.is_set() or halt.is_set():
             return
         outcome = processor.process(ref, lambda: connection.retrieve(ref))
-        if outcome.error_kind == "transient":
+        if outcome.error_kind in ("transient", "config"):
             halt.set()
         with lock:
             summary.add(outcome)

@@ -5,8 +5,8 @@ same transaction) -> `written` (the PACS accepted the SR). A pass killed at any 
 - before `classified` committed: the image is classified again (nothing was written yet);
 - after: it is not classified again; the stored SR, whose SOP Instance UID is derived from the source
   image and the model (pacs.sr), is sent again, so a PACS that had already received it keeps one copy.
-`failed` rows record the error and its kind; transient failures are retried by the next pass, permanent
-ones only with `--retry-failed`. `skipped` rows are images the policy refuses (not a chest, not CR/DX).
+`failed` rows record the error and its kind; transient and configuration failures (a wrong API key, say)
+are retried by the next pass, permanent ones only with `--retry-failed`. `skipped` rows are images the policy refuses (not a chest, not CR/DX).
 
 WAL journal with synchronous=FULL: a committed row survives SIGKILL and power loss.
 """
@@ -109,7 +109,7 @@ class StateStore:
         if record is None or record.status == "classified":
             return True
         if record.status == "failed":
-            return record.error_kind == "transient" or retry_failed
+            return record.error_kind in ("transient", "config") or retry_failed
         return False
 
     def _upsert(self, uid: str, study: str, series: str, status: Status, **columns: Any) -> None:

@@ -72,11 +72,16 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     modalities: dict[str, tuple[str, int]] = field(default_factory=dict)
+    extra_config: dict[str, Any] = field(default_factory=dict)
+    """e.g. users (AuthenticationEnabled, RegisteredUsers) or TLS (SslEnabled, SslCertificate)."""
     process: subprocess.Popen[bytes] | None = None
+    client_options: dict[str, Any] = field(default_factory=dict)
+    """httpx options the fixture's own calls need (auth, verify)."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.extra_config.get("SslEnabled") else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def dicomweb(self) -> str:
@@ -97,6 +102,7 @@ class Orthanc:
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "DicomModalities": {ae: [ae, host, port] for ae, (host, port) in self.modalities.items()},
             "StableAge": 1,
+            **self.extra_config,
         }
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "config.json").write_text(json.dumps(config))
@@ -109,7 +115,7 @@ class Orthanc:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited:\n{(self.folder / 'orthanc.log').read_text()[-3000:]}")
             try:
-                return httpx.get(f"{self.url}/system", timeout=1).status_code == 200
+                return httpx.get(f"{self.url}/system", timeout=1, **self.client_options).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -119,16 +125,16 @@ class Orthanc:
         _stop(self.process)
 
     def upload(self, data: bytes) -> str:
-        response = httpx.post(f"{self.url}/instances", content=data, timeout=30)
+        response = httpx.post(f"{self.url}/instances", content=data, timeout=30, **self.client_options)
         response.raise_for_status()
         return str(response.json()["ID"])
 
     def find(self, level: str, query: dict[str, str]) -> list[str]:
         body = {"Level": level, "Query": query, "Expand": False}
-        return list(httpx.post(f"{self.url}/tools/find", json=body, timeout=30).json())
+        return list(httpx.post(f"{self.url}/tools/find", json=body, timeout=30, **self.client_options).json())
 
     def dataset(self, orthanc_id: str) -> Dataset:
-        data = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30).content
+        data = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30, **self.client_options).content
         return dcmread(DicomBytesIO(data), force=True)
 
     def srs(self) -> list[Dataset]:
@@ -137,17 +143,34 @@ class Orthanc:
 
 
 @pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+def make_orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
+    """Start Orthancs (extra config and client options as keywords); all are stopped after the test."""
     if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
         pytest.skip(
             "Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
         )
-    server = Orthanc(tmp_path / "orthanc")
-    # Orthanc answers C-FIND/C-GET/C-MOVE only for AEs it knows (DicomAlwaysAllowFind and friends are off).
-    server.modalities = {ae: ("127.0.0.1", free_port()) for ae in (LISTENER_AE, MOVE_AE, GET_AE)}
-    server.start()
-    yield server
-    server.stop()
+    started: list[Orthanc] = []
+
+    def make(
+        extra_config: dict[str, Any] | None = None, client_options: dict[str, Any] | None = None
+    ) -> Orthanc:
+        server = Orthanc(tmp_path / f"orthanc{len(started)}")
+        server.extra_config = extra_config or {}
+        server.client_options = client_options or {}
+        # Orthanc answers C-FIND/C-GET/C-MOVE only for AEs it knows (DicomAlwaysAllowFind and friends are off).
+        server.modalities = {ae: ("127.0.0.1", free_port()) for ae in (LISTENER_AE, MOVE_AE, GET_AE)}
+        started.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def orthanc(make_orthanc: Callable[..., Orthanc]) -> Orthanc:
+    return make_orthanc()
 
 
 @dataclass
@@ -157,6 +180,7 @@ class Service:
     model_dir: Path
     log: Path
     port: int = field(default_factory=free_port)
+    flags: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -169,6 +193,7 @@ class Service:
         command = [
             sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
             "--model-dir", str(self.model_dir), "--providers", "CPUExecutionProvider", "--decode-workers", "1",
+            *self.flags,
         ]  # fmt: skip
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
