@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 def build_test_set() -> tuple[dict[str, bytes], dict[str, bytes]]:
     """(images to classify, images the pass must skip): synthetic formats, real samples, a lateral view,
-    a dark image (classified negative by the tiny model), and a hand radiograph in another study."""
+    a dark image (classified negative by the tiny model); a hand radiograph in another study and a
+    multi-frame image, both to be skipped."""
     study = generate_uid()
     images = variants(study)
     images["lateral"] = make_dicom(
@@ -37,9 +38,14 @@ def build_test_set() -> tuple[dict[str, bytes], dict[str, bytes]]:
     )
     images |= real_samples()
     skipped = {
+        # refused at search time, from the series' BodyPartExamined: never retrieved
         "hand": make_dicom(
             quantise(phantom(seed=6), 12), bits_stored=12, window=(2048, 4096), body_part="HAND"
-        )
+        ),
+        # refused by the service (problem type unsupported-dicom): a policy skip, not a failure
+        "multiframe": make_dicom(
+            quantise(phantom(seed=8), 12), bits_stored=12, study_uid=study, extra={"NumberOfFrames": 2}
+        ),
     }
     return images, skipped
 
@@ -62,8 +68,9 @@ def test_dicomweb_pass_writes_one_sr_per_image_matching_cxr_predict(
     assert labels == {"covid", "non-covid"}  # both findings were written
 
     rows = {row["sop_instance_uid"]: row for row in report_rows(report)}
-    hand_uid = str(load(skipped["hand"]).SOPInstanceUID)
-    assert rows.pop(hand_uid)["status"] == "skipped"
+    for name, data in skipped.items():
+        row = rows.pop(str(load(data).SOPInstanceUID))
+        assert (row["status"], row["error_kind"]) == ("skipped", "unsupported"), name
     assert set(rows) == set(expected) and {row["status"] for row in rows.values()} == {"written"}
     assert all(rows[uid]["sr_sop_instance_uid"] == srs[uid].SOPInstanceUID for uid in rows)
     lateral_uid = str(load(images["lateral"]).SOPInstanceUID)
@@ -74,7 +81,7 @@ def test_dicomweb_pass_writes_one_sr_per_image_matching_cxr_predict(
     assert again.returncode == 0, again.stderr[-3000:]
     assert "0 images to process" in again.stderr
     assert len(orthanc.srs()) == len(expected)
-    assert len(report_rows(report)) == len(expected) + 1  # the second pass had nothing to report
+    assert len(report_rows(report)) == len(expected) + len(skipped)  # the second pass had nothing to report
 
 
 def test_dry_run_writes_nothing_and_records_nothing(
