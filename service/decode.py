@@ -118,7 +118,9 @@ def check_deflated_dicom(data: bytes, max_pixels: int) -> None:
     """Refuse a deflated DICOM whose dataset inflates beyond what `max_pixels` can need, before pydicom
     inflates it: pydicom inflates the whole dataset in one call, so a 1 MB upload of deflated zeros would
     otherwise allocate about 1 GB before Rows x Columns could be checked. Other syntaxes are not touched."""
-    if _DEFLATED_DICOM.encode() not in data[:65536]:  # the File Meta group comes first; cheap pre-check
+    # Cheap and exact: pydicom can only take the syntax from these bytes. (Not just the first KiBs: a
+    # large element earlier in the File Meta group can push the UID back.)
+    if _DEFLATED_DICOM.encode() not in data:
         return
     from pydicom.errors import InvalidDicomError
     from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble

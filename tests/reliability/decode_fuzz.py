@@ -518,9 +518,10 @@ def fuzz(
 # --- decompression bombs ------------------------------------------------------------------------------------
 
 
-def _deflated_dicom_bomb(inflated_bytes: int) -> bytes:
+def deflated_dicom_bomb(inflated_bytes: int, meta_padding: int = 0) -> bytes:
     """A Deflated Explicit VR Little Endian file whose dataset inflates to `inflated_bytes` (a private OB
-    element of zeros): ~1000:1, so 300 MB of dataset is a ~0.3 MB upload."""
+    element of zeros): ~1000:1, so 300 MB of dataset is a ~0.3 MB upload. `meta_padding` bytes in the File
+    Meta Information Version push the transfer syntax UID away from the start of the file."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.filewriter import write_file_meta_info
@@ -530,6 +531,7 @@ def _deflated_dicom_bomb(inflated_bytes: int) -> bytes:
     meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     meta.MediaStorageSOPInstanceUID = "1.2.3.4"
     meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    meta.FileMetaInformationVersion = b"\x00\x01" + bytes(meta_padding)
     header = io.BytesIO()
     header.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
@@ -584,7 +586,7 @@ def bombs(max_pixels: int) -> list[tuple[str, bytes]]:
         ),
         (
             f"DICOM deflated dataset inflating to {deflated_size // 2**20} MiB",
-            _deflated_dicom_bomb(deflated_size),
+            deflated_dicom_bomb(deflated_size),
         ),
     ]
 

@@ -21,6 +21,7 @@ from tests.reliability.decode_fuzz import (
     _gradient,
     bombs,
     decode_worker,
+    deflated_dicom_bomb,
     dicom_file,
     fuzz,
     real_seeds,
@@ -67,6 +68,9 @@ def test_deflated_dicom_bomb_is_413_before_inflating() -> None:
     data = bombs(1_000_000)[4][1]
     with pytest.raises(PayloadTooLarge, match="inflates to over"):
         decode(data, max_pixels=1_000_000)
+    pushed_back = deflated_dicom_bomb(64 * 2**20, meta_padding=100_000)  # UID 100 kB into the file
+    with pytest.raises(PayloadTooLarge, match="inflates to over"):
+        decode(pushed_back, max_pixels=1_000_000)
     ordinary = dicom_file(_gradient(64, 48, np.uint16, 4095), bits_stored=12, syntax="1.2.840.10008.1.2.1.99")
     assert decode(ordinary, max_pixels=1_000_000).pixels.shape == (64, 48)  # deflate itself still works
 
