@@ -121,6 +121,15 @@ def render_card(card: dict[str, Any]) -> str:
         lines.append("Not evaluated yet: run `cxr evaluate --split test --update-card`.")
     for split, evaluation in evaluations.items():
         lines += _metrics_section(split, evaluation)
+    for variant, result in card.get("variants", {}).items():
+        lines += [
+            f"## Variant: {variant}",
+            "",
+            f"{'Kept' if result['kept'] else 'Not kept'}: {result['reason']}. Validation AUROC fp32"
+            f" {_f(result['val_auroc']['fp32'], 4)}, {variant} {_f(result['val_auroc'][variant], 4)}; speed (images/s,"
+            f" 2 threads): {result['images_per_second_2_threads']}. Calibrated on {result['calibration']}.",
+            "",
+        ]
     lines += [
         "## Calibration",
         "",
@@ -143,6 +152,10 @@ def render_card(card: dict[str, Any]) -> str:
         "- Label noise: NIH labels were mined from reports; ieee8023 COVID images span all severities.",
         "",
     ]
+    if card.get("notes"):
+        lines += ["## Observations (by the people who trained it)", ""]
+        lines += [f"- {note}" for note in card["notes"]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -188,6 +188,8 @@ def export_run(
         old = json.loads(previous.read_text())
         if old.get("files") == files and "evaluation" in old:
             card["evaluation"] = old["evaluation"]
+        if "notes" in old:
+            card["notes"] = old["notes"]
     (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
     # Triton's layout: config.pbtxt beside the versions, read from the graph (names, dims, types).
     write_config(target.parent, name)
