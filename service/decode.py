@@ -41,6 +41,10 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian (PS3.5 A.5)
+# Native (uncompressed) syntaxes: pydicom's own code reads them; no native codec is involved (PS3.5 A.1-A.5)
+_NATIVE_DICOM = frozenset(
+    {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", _DEFLATED_DICOM}
+)
 _DICOM_BYTES_PER_PIXEL = 4  # BitsAllocated is at most 32 for the images decode_dicom accepts
 _DICOM_HEADER_ALLOWANCE = 16 * 1024 * 1024  # tags, overlays, icons and private data besides the pixels
 _INFLATE_CHUNK = 1 << 20
@@ -114,29 +118,29 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise InvalidImage("JPEG file has no frame header (truncated or corrupt).")
 
 
-def check_deflated_dicom(data: bytes, max_pixels: int) -> None:
-    """Refuse a deflated DICOM whose dataset inflates beyond what `max_pixels` can need, before pydicom
-    inflates it: pydicom inflates the whole dataset in one call, so a 1 MB upload of deflated zeros would
-    otherwise allocate about 1 GB before Rows x Columns could be checked. Other syntaxes are not touched."""
-    # Cheap and exact: pydicom can only take the syntax from these bytes. (Not just the first KiBs: a
-    # large element earlier in the File Meta group can push the UID back.)
-    if _DEFLATED_DICOM.encode() not in data:
-        return
-    from pydicom.errors import InvalidDicomError
+def _file_meta(data: bytes) -> tuple[str | None, int]:
+    """(Transfer Syntax UID, offset of the dataset) as pydicom's reader will see them, without reading the
+    dataset; (None, 0) when there is no readable File Meta group (pydicom then assumes a native syntax)."""
     from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
 
     stream = io.BytesIO(data)
-    try:  # find the transfer syntax and the dataset's start exactly as pydicom's reader will
+    try:  # the same calls, in the same order, as pydicom.dcmread
         read_preamble(stream, True)
         meta = _read_file_meta_info(stream)
         _read_command_set_elements(stream)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, struct.error, TypeError):
-        return  # the real reader rejects it the same way, before inflating anything
-    if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED_DICOM:
-        return
+    except Exception:  # dcmread raises the same on these bytes, and that path is guarded
+        return None, 0
+    syntax = meta.get("TransferSyntaxUID", None)
+    return (str(syntax) if syntax else None), stream.tell()
+
+
+def check_deflated_dicom(data: bytes, offset: int, max_pixels: int) -> None:
+    """Refuse a deflated dataset (starting at `offset`) that inflates beyond what `max_pixels` can need,
+    before pydicom inflates it: pydicom inflates the whole dataset in one call, so a 1 MB upload of deflated
+    zeros would otherwise allocate about 1 GB before Rows x Columns could be checked."""
     limit = max_pixels * _DICOM_BYTES_PER_PIXEL + _DICOM_HEADER_ALLOWANCE
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    pending, inflated = data[stream.tell() :], 0
+    pending, inflated = data[offset:], 0
     try:
         while pending and not inflater.eof:  # at most one chunk of output held at a time
             inflated += len(inflater.decompress(pending, _INFLATE_CHUNK))
@@ -148,6 +152,44 @@ def check_deflated_dicom(data: bytes, max_pixels: int) -> None:
                 )
     except zlib.error:
         raise InvalidImage("The deflated DICOM dataset is corrupt (zlib stream error).") from None
+
+
+def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+    """service.dicom.decode_dicom, with every parser failure answered as InvalidImage."""
+    from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
+
+    try:
+        return decode_dicom(data, max_pixels=max_pixels)
+    except CxrError:
+        raise
+    except BaseException as error:
+        if not _is_parser_failure(error):
+            raise
+        # pydicom converts tag values lazily, so reading any tag of a hostile file can raise whatever a
+        # value converter raises (NotImplementedError for an unknown VR, ValueError, ...), and the Rust
+        # codecs raise pyo3's PanicException. Bad bytes are the client's error (400), not a 500.
+        # Logged by type and place only: exception messages can quote tag values (patient data).
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        logger.warning(
+            "DICOM decode failed: %s at %s:%s; answered 400",
+            type(error).__name__,
+            Path(frame.filename).name,
+            frame.lineno,
+        )
+        raise InvalidImage(f"The DICOM file could not be read ({type(error).__name__}).") from None
+
+
+def _decode_dicom_file(data: bytes, max_pixels: int) -> DecodedImage:
+    syntax, offset = _file_meta(data)
+    if syntax == _DEFLATED_DICOM:
+        check_deflated_dicom(data, offset, max_pixels)
+    if syntax is None or syntax in _NATIVE_DICOM:
+        return _decode_dicom(data, max_pixels)
+    # Compressed pixel data goes through native codecs, GDCM among them, which can abort the process on
+    # hostile input (service.sandbox): decoded in a child process.
+    from service.sandbox import run_isolated
+
+    return run_isolated(_decode_dicom, data, max_pixels)
 
 
 def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
@@ -221,28 +263,7 @@ def decode(
     if fmt is not None and fmt != sniffed:
         raise InvalidImage(f"Content-Type says {fmt} but the bytes are {sniffed}.")
     if sniffed == "dicom":
-        from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
-
-        check_deflated_dicom(data, max_pixels)
-        try:
-            return decode_dicom(data, max_pixels=max_pixels)
-        except CxrError:
-            raise
-        except BaseException as error:
-            if not _is_parser_failure(error):
-                raise
-            # pydicom converts tag values lazily, so reading any tag of a hostile file can raise whatever
-            # a value converter raises (NotImplementedError for an unknown VR, ValueError, ...), and the
-            # Rust codecs raise pyo3's PanicException. Bad bytes are the client's error (400), not a 500.
-            # Logged by type and place only: exception messages can quote tag values (patient data).
-            frame = traceback.extract_tb(error.__traceback__)[-1]
-            logger.warning(
-                "DICOM decode failed: %s at %s:%s; answered 400",
-                type(error).__name__,
-                Path(frame.filename).name,
-                frame.lineno,
-            )
-            raise InvalidImage(f"The DICOM file could not be read ({type(error).__name__}).") from None
+        return _decode_dicom_file(data, max_pixels)
     width, height = header_size(data, sniffed)
     check_pixel_limit(width, height, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)

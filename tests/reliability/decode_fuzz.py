@@ -34,6 +34,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import psutil
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
@@ -70,6 +71,8 @@ class Figures:
     by_format: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
     guarded: Counter[str] = field(default_factory=Counter)
+    isolated_crashes: int = 0
+    """Inputs that killed a decoder process in service.sandbox (answered 400; the service lives on)."""
     """Parser exceptions that service.decode turned into a 400 (by type): each is a finding to narrow."""
     max_seconds: float = 0.0
     baseline_rss_kib: int = 0
@@ -91,7 +94,10 @@ def _worker(connection: Connection) -> None:
     from service.errors import CxrError
 
     while True:
-        message = connection.recv()
+        try:
+            message = connection.recv()
+        except EOFError:  # the parent went away
+            return
         if message is None:
             return
         data, fmt, max_pixels = message
@@ -104,7 +110,22 @@ def _worker(connection: Connection) -> None:
         except BaseException as error:  # the finding itself: report it with its traceback
             kind, detail = f"crash:{type(error).__name__}", traceback.format_exc(limit=8)
         seconds = time.monotonic() - started
-        connection.send((kind, seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, detail))
+        connection.send((kind, seconds, _peak_rss_kib(), detail))
+
+
+def _peak_rss_kib() -> int:
+    """Peak RSS of this process and of its live children (service.sandbox decodes compressed DICOM in a
+    child): ru_maxrss here, VmHWM (the kernel's high-water mark) for each child."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for child in psutil.Process().children(recursive=True):
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+        except OSError:
+            continue
+        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+        if found:
+            peak = max(peak, int(found.group(1)))
+    return int(peak)
 
 
 class DecodeWorker:
@@ -119,7 +140,9 @@ class DecodeWorker:
 
     def _start(self) -> Connection:
         parent, child = self._context.Pipe()
-        self._process = self._context.Process(target=_worker, args=(child,), daemon=True)
+        # Not a daemon: daemons may not have children, and decode() starts one for compressed DICOM
+        # (service.sandbox). It exits on its own when this end of the pipe closes.
+        self._process = self._context.Process(target=_worker, args=(child,), daemon=False)
         self._process.start()
         child.close()
         self._connection = parent
@@ -149,6 +172,9 @@ class DecodeWorker:
     def close(self) -> None:
         if self._process is not None:
             if self._process.is_alive():
+                # its decoder children (service.sandbox) first: they would outlive a killed parent
+                for child in psutil.Process(self._process.pid).children(recursive=True):
+                    child.kill()
                 self._process.kill()
             self._process.join(10)
         if self._connection is not None:
@@ -493,6 +519,7 @@ def fuzz(
             guarded = re.match(r"The DICOM file could not be read \((\w+)\)", outcome.detail)
             if guarded:
                 figures.guarded[guarded.group(1)] += 1
+            figures.isolated_crashes += "crashed its decoder" in outcome.detail
             figures.max_seconds = max(figures.max_seconds, outcome.seconds)
             figures.baseline_rss_kib = max(figures.baseline_rss_kib, worker.baseline_rss_kib)
             figures.peak_rss_kib = max(figures.peak_rss_kib, outcome.peak_rss_kib)

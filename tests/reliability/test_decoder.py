@@ -96,3 +96,14 @@ def test_rle_decoder_panic_is_400_not_500() -> None:
     ds.save_as(broken)
     with pytest.raises(InvalidImage, match="could not be read"):
         decode(broken.getvalue())
+
+
+def test_gdcm_abort_on_hostile_dicom_is_400_not_a_dead_process() -> None:
+    """Regression: a JPEG-LS file whose Rows disagree with its stream made pyjpegls refuse it, pydicom fall
+    back to GDCM, and GDCM abort the whole process (std::terminate: every request in flight lost)."""
+    pixels = _gradient(96, 80, np.uint16, 4095)
+    hostile = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80", Rows=65535)
+    with pytest.raises(InvalidImage, match="crashed its decoder"):
+        decode(hostile)
+    fine = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80")
+    assert decode(fine).pixels.shape == (96, 80)  # a fresh decoder process took over

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from tests.reliability import faults
+from tests.reliability.decode_fuzz import _gradient, dicom_file
 from tests.reliability.harness import Service, running, tiny_model_dir
 
 pytestmark = pytest.mark.slow
@@ -53,3 +56,19 @@ def test_checksum_mismatch_exits_with_one_line_reason_not_a_traceback(model_dir:
     assert figures.problems() == []
     assert figures.exit_code == 3
     assert "refusing to start" in figures.error_lines[0] and "model.onnx" in figures.error_lines[0]
+
+
+def test_decoder_crash_on_hostile_dicom_leaves_the_server_serving(slow_server: Service) -> None:
+    """Regression: the same hostile JPEG-LS file (see test_decoder) aborted the whole server process."""
+    pixels = _gradient(96, 80, np.uint16, 4095)
+    hostile = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80", Rows=65535)
+    headers = {"Content-Type": "application/dicom"}
+    refused = httpx.post(f"{slow_server.url}/v1/classify", content=hostile, headers=headers, timeout=30)
+    after = httpx.post(
+        f"{slow_server.url}/v1/classify",
+        content=faults.request_body(),
+        headers={"Content-Type": "image/png"},
+        timeout=30,
+    )
+    assert refused.status_code == 400 and "crashed its decoder" in refused.json()["detail"]
+    assert after.status_code == 200 and slow_server.process.poll() is None
