@@ -58,6 +58,7 @@ class Plan:
     overload_factor: float = 2.0
     overload_s: float = 15.0
     stage_repeats: int = 5
+    limit_rounds: int = 2
     quick: bool = False
     service_variants: dict[str, list[str]] = field(default_factory=dict)
     # The targets' logs stay out of the output folder (docs/ is committed); the path is logged at the end.
@@ -73,6 +74,7 @@ class Plan:
         self.service_variants = {}
         self.concurrency, self.open_fractions = [1, 4], [0.5, 0.7]
         self.warmup_s, self.duration_s, self.overload_s, self.stage_repeats = 0.3, 1.0, 2.0, 2
+        self.limit_rounds = 1
 
 
 def default_variants(defaults: Settings) -> dict[str, list[str]]:
@@ -158,13 +160,27 @@ def _limit(plan: Plan) -> dict[str, Any]:
             ),
         ),
     ]
+    # Rounds interleave the configurations and each keeps its best: another process's burst can only
+    # slow a configuration down, and it should not decide a comparison by landing on one of them.
+    rates: list[list[float]] = [[] for _ in variants]
+    for _ in range(plan.limit_rounds):
+        for index, (model, pipeline) in enumerate(variants):
+            rates[index].append(
+                limit.run_pipeline(
+                    model, plan.samples, pipeline, warmup_s=plan.warmup_s / 2, duration_s=plan.duration_s / 2
+                )
+            )
     measured = []
-    for model, pipeline in variants:
-        rate = limit.run_pipeline(
-            model, plan.samples, pipeline, warmup_s=plan.warmup_s / 2, duration_s=plan.duration_s / 2
+    for (_, pipeline), rounds in zip(variants, rates, strict=True):
+        measured.append(
+            {
+                **vars(pipeline),
+                "decoder": pipeline.decoder.__name__,
+                "images_per_s": max(rounds),
+                "rounds": rounds,
+            }
         )
-        measured.append({**vars(pipeline), "decoder": pipeline.decoder.__name__, "images_per_s": rate})
-        logger.info("limit %-55s %7.1f images/s", pipeline.name, rate)
+        logger.info("limit %-55s %7.1f images/s (best of %s)", pipeline.name, max(rounds), rounds)
     best = max(entry["images_per_s"] for entry in measured[: len(sizes)])
     return {"stages_ms": stages, "variants": measured, "images_per_s": best}
 
@@ -242,6 +258,8 @@ def run(plan: Plan) -> dict[str, Any]:
 
     results["runs"], results["overload"] = sweeps.measure_targets(plan)
     results["gpu"] = _gpu(plan)
+    # Load at the end too: other processes that started during the run took CPU from its figures.
+    results["host"]["load_average_at_end"] = list(os.getloadavg())
     results["acceptance"] = report.acceptance(results)
     (plan.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     report.write(results, plan.out_dir)

@@ -13,6 +13,7 @@ the latency percentiles, errors are counted by kind.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class Summary:
     errors: dict[str, int] = field(default_factory=dict)
     max_total_s: float = 0.0  # longest time from send to answer of any request, failed ones included
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per request by part (service, closed loop)
+    load_1min: float = 0.0  # the machine's 1-minute load average when the level ended
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -101,6 +103,7 @@ def summarise(
         statuses=dict(sorted(Counter(str(o.status) for o in counted).items())),
         errors=dict(errors.most_common(8)),
         max_total_s=max((o.done - o.sent for o in outcomes), default=0.0),
+        load_1min=os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
     )
 
 

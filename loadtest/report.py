@@ -98,15 +98,15 @@ def _ms(value: float | None) -> str:
 def _table(runs: list[dict[str, Any]], mode: str) -> list[str]:
     level = "clients" if mode == "closed" else "offered req/s"
     lines = [
-        f"| target | {level} | images/s | p50 ms | p95 ms | p99 ms | errors | statuses |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| target | {level} | images/s | p50 ms | p95 ms | p99 ms | errors | statuses | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in (r for r in runs if r["mode"] == mode):
         statuses = ", ".join(f"{code}: {count}" for code, count in run["statuses"].items())
         lines.append(
             f"| {_NAMES.get(run['target'], run['target'])} | {run['level']:g} | {run['images_per_s']:.1f} | "
             f"{_ms(run['p50_ms'])} | {_ms(run['p95_ms'])} | {_ms(run['p99_ms'])} | "
-            f"{100 * run['error_rate']:.1f} % | {statuses} |"
+            f"{100 * run['error_rate']:.1f} % | {statuses} | {run.get('load_1min', 0.0):.1f} |"
         )
     return lines
 
@@ -173,8 +173,10 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "## Machine and model",
         "",
         f"- CPU: {host['cpu']}, {host['cores']} cores, {host['memory_gib']} GiB; {host['os']}; Python {host['python']}",
-        f"- Load average when the run started: {', '.join(f'{v:.2f}' for v in host['load_average_at_start'])}"
-        " (other processes on a shared machine take CPU from every figure below)",
+        f"- Load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in host['load_average_at_start'])}; "
+        f"at the end: {', '.join(f'{v:.2f}' for v in host.get('load_average_at_end', []))}; highest 1-minute "
+        f"figure after a load level: {max((r.get('load_1min', 0.0) for r in results['runs']), default=0.0):.2f} "
+        "(the run itself adds about 2.5; more means other processes took CPU from the figures below)",
         f"- ONNX Runtime {host['onnxruntime']}; providers used: {', '.join(model['providers'])}; precision FP32",
         f"- Model: {model['name']} v{model['version']} (sha256 {model['sha256'][:16]}...), input {model['input']['shape']}",
         f"- Images: {results['images']['count']} files ({', '.join(results['images']['formats'])}), sizes "
@@ -210,7 +212,8 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "## In-process limit and optimizations",
         "",
         "Decode + preprocess + ONNX Runtime in a tight loop, no HTTP. The first rows use the service's thread "
-        "budget (the limit is the best of them); the others undo one optimization each.",
+        "budget (the limit is the best of them); the others undo one optimization each. Each figure is the best "
+        "of interleaved rounds.",
         "",
         "| configuration | decode threads | intra-op threads | batch | images/s |",
         "|---|---|---|---|---|",
