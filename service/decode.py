@@ -86,11 +86,28 @@ def header_size(data: bytes, fmt: ImageFormat) -> tuple[int, int]:
     if fmt == "png":
         if len(data) < 24 or data[12:16] != b"IHDR":
             raise InvalidImage("PNG file has no IHDR header (truncated or corrupt).")
+        _check_png_chunks(data)
         width, height = struct.unpack(">II", data[16:24])
         return int(width), int(height)
     if fmt == "jpeg":
         return _jpeg_size(data)
     raise ValueError(f"header_size does not handle {fmt}")
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Every chunk must fit in the file (PNG spec 5.3). OpenCV allocates a buffer of each chunk's declared
+    length before reading it: a 1.5 kB file declaring a 2 GB chunk allocated 2 GB (found by fuzzing)."""
+    position = 8
+    while position + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        if position + 12 + length > len(data):
+            raise InvalidImage(
+                f"PNG chunk at byte {position} declares {length} bytes, past the end of the file "
+                "(truncated or corrupt)."
+            )
+        if data[position + 4 : position + 8] == b"IEND":
+            return
+        position += 12 + length
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
@@ -124,13 +141,13 @@ def _file_meta(data: bytes) -> tuple[str | None, int]:
     from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
 
     stream = io.BytesIO(data)
-    try:  # the same calls, in the same order, as pydicom.dcmread
+    try:  # the same calls, in the same order, as pydicom.dcmread (values convert lazily: .get inside)
         read_preamble(stream, True)
         meta = _read_file_meta_info(stream)
         _read_command_set_elements(stream)
+        syntax = meta.get("TransferSyntaxUID", None)
     except Exception:  # dcmread raises the same on these bytes, and that path is guarded
         return None, 0
-    syntax = meta.get("TransferSyntaxUID", None)
     return (str(syntax) if syntax else None), stream.tell()
 
 

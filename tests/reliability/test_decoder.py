@@ -107,3 +107,23 @@ def test_gdcm_abort_on_hostile_dicom_is_400_not_a_dead_process() -> None:
         decode(hostile)
     fine = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80")
     assert decode(fine).pixels.shape == (96, 80)  # a fresh decoder process took over
+
+
+def test_png_chunk_length_past_the_end_is_400_without_allocating(worker: DecodeWorker) -> None:
+    """Regression: a bit flip in a chunk length (0x5e8 -> 0x200005e8) made OpenCV allocate the declared
+    512 MB for a 1.5 kB file; 2 GB at most."""
+    data = bytearray(next(seed.data for seed in synthetic_seeds() if seed.name == "png-gray8"))
+    data[33:37] = struct.pack(">I", 0x7FFFFFFF)  # the chunk after IHDR
+    outcome = worker.decode(bytes(data), None, DEFAULT_MAX_PIXELS)
+    assert outcome.kind == "rejected:InvalidImage" and "past the end of the file" in outcome.detail
+    assert outcome.peak_rss_kib - worker.baseline_rss_kib < 16 * 1024
+
+
+def test_dicom_transfer_syntax_with_unknown_vr_is_400_not_500() -> None:
+    """Regression: reading a File Meta Transfer Syntax UID whose VR bytes were corrupted raised
+    NotImplementedError before the guard (a 500)."""
+    data = bytearray(dicom_file(_gradient(32, 32)))
+    at = data.find(b"\x02\x00\x10\x00UI")
+    data[at + 4 : at + 6] = b"WI"
+    with pytest.raises(InvalidImage):
+        decode(bytes(data))
