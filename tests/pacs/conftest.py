@@ -121,8 +121,8 @@ class Orthanc:
 
         wait_for(up, 30, "Orthanc GET /system")
 
-    def stop(self) -> None:
-        _stop(self.process)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.process, sig)
 
     def upload(self, data: bytes) -> str:
         response = httpx.post(f"{self.url}/instances", content=data, timeout=30, **self.client_options)
