@@ -142,7 +142,10 @@ class LoadGenerator:
 
     def _session(self) -> aiohttp.ClientSession:
         # limit=0: the open loop must never queue inside the client, or it would hide server latency.
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=self.timeout)
+        # keepalive_timeout well under uvicorn's 5 s: reusing a connection the server is closing would
+        # count a transport error against the server.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0)
+        return aiohttp.ClientSession(connector=connector, timeout=self.timeout)
 
     async def closed(
         self, clients: int, *, warmup_s: float, duration_s: float
