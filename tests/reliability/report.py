@@ -407,11 +407,11 @@ def render(sections: dict[str, Section], context: dict[str, str]) -> str:
             for name, value in decoder.figures.get("bytes_per_pixel", {}).items()
         ],
         "",
-        "Measured as the peak RSS growth of a warmed decoder process decoding a 2000 x 2000 image (a fresh process "
-        "measured up to ~56 B/px for 16-bit RGBA). A header is checked against the pixel limit before any pixel is "
+        "Measured as the growth of the decoding process's peak RSS (VmHWM reset before the call) for a 2000 x 2000 "
+        "image; 0 where the image fits in memory the process already holds. A header is checked against the pixel limit before any pixel is "
         "decoded, so bombs cost nothing; an image *within* the limit costs up to the figure above. Chest detectors "
         "are at most ~18 Mpx (4300 x 4300): a deployment that sets `CXR_MAX_PIXELS=20000000` caps the worst case at "
-        f"~{20e6 * max([56.0, *decoder.figures.get('bytes_per_pixel', {}).values()]) / 2**30:.1f} GiB per decode "
+        f"~{20e6 * max(decoder.figures.get('bytes_per_pixel', {}).values(), default=0) / 2**30:.1f} GiB per decode "
         "worker.",
         "",
         _verdict(decoder),
