@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+from tests.serverproc import bound_url
+from tests.serverproc import wait_for_status as _wait_for_status
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"
@@ -72,32 +73,12 @@ def start_replica(model_dir: Path, log: Path, *flags: str, batch_delay_s: float 
 def wait_for_replica(replica: Process, timeout: float = 60.0) -> None:
     """Poll the log for the port uvicorn bound, then /readyz until every model is warmed."""
     deadline = time.monotonic() + timeout
-    while not replica.url:
-        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", replica.output())
-        if found:
-            replica.url = found.group(1)
-        elif replica.process.poll() is not None:
-            raise RuntimeError(f"replica exited early:\n{replica.output()}")
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"replica never bound a port:\n{replica.output()}")
-        else:
-            time.sleep(0.02)
+    replica.url = bound_url(replica.process, replica.output, deadline, "replica")
     wait_for_status(f"{replica.url}/readyz", deadline, replica)
 
 
 def wait_for_status(url: str, deadline: float, owner: Process, status: int = 200) -> None:
-    with httpx.Client(timeout=2) as client:
-        while True:
-            try:
-                if client.get(url).status_code == status:
-                    return
-            except httpx.TransportError:
-                pass
-            if owner.process.poll() is not None:
-                raise RuntimeError(f"process exited while waiting for {url}:\n{owner.output()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} never answered {status}:\n{owner.output()}")
-            time.sleep(0.02)
+    _wait_for_status(url, owner.process, owner.output, deadline, status)
 
 
 def render_nginx_conf(template: str, upstreams: list[str], port: int, temp_dir: Path) -> str:

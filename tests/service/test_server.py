@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.serverproc import bound_url
 from tests.service.conftest import PNG_HEADERS, metric, png
 from tests.service.test_app import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, dicom_bytes
 from tests.tinymodel import blob_image, encode
@@ -57,16 +57,7 @@ def start(model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0) -> Serv
 
 def wait_for_port(server: Server, timeout: float = 30.0) -> None:
     """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", server.output())
-        if found:
-            server.url = found.group(1)
-            return
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.output()}")
-        time.sleep(0.02)
-    raise TimeoutError(f"server did not start:\n{server.output()}")
+    server.url = bound_url(server.process, server.output, time.monotonic() + timeout)
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout: float = 30.0) -> None:

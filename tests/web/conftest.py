@@ -4,7 +4,6 @@ loopback port, readiness polled) per module, and headless Debian Chromium driven
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests.serverproc import bound_url, wait_for_status
 from tests.tinymodel import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,21 +56,8 @@ def _start(model_dir: Path, log: Path, *flags: str) -> Server:
 def _wait_ready(server: Server, timeout: float = 60.0) -> None:
     """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound. Then poll /readyz."""
     deadline = time.monotonic() + timeout
-    while not server.url:
-        found = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", server.output())
-        if found:
-            server.url = found.group(1)
-        elif server.process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{server.output()}")
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"server did not start:\n{server.output()}")
-        else:
-            time.sleep(0.02)
-    with httpx.Client(base_url=server.url, timeout=5) as client:
-        while client.get("/readyz").status_code != 200:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server never became ready:\n{server.output()}")
-            time.sleep(0.02)
+    server.url = bound_url(server.process, server.output, deadline)
+    wait_for_status(f"{server.url}/readyz", server.process, server.output, deadline)
 
 
 @pytest.fixture
