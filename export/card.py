@@ -109,6 +109,7 @@ def render_card(card: dict[str, Any]) -> str:
         "images only. Training manifest sha256 `" + training["manifest_sha256"] + "`.",
         "",
         f"Command: `{training.get('command') or 'see train.json arguments'}`",
+        *_member_lines(training.get("members") or []),
         f"Training time on a 2-core CPU: {training['train_seconds']:.0f} s ({training['epochs_run']} epochs,"
         f" best epoch {training['best_epoch']['epoch']}); lung crop outcome by origin: {training['lung_crop']}.",
         "Model selection and threshold used the validation split only; the test split was evaluated once.",
@@ -173,3 +174,17 @@ def _segmenter_lines(card: dict[str, Any]) -> list[str]:
 
 def training_parity(card: dict[str, Any]) -> str:
     return f"{card['export']['parity_max_abs_diff']:.1e}"
+
+
+def _member_lines(members: list[dict[str, Any]]) -> list[str]:
+    """An ensemble's members: how each was trained and how each did on validation alone."""
+    if not members:
+        return []
+    lines = ["", f"The model averages the logits of {len(members)} members trained on the same split:", ""]
+    for index, member in enumerate(members):
+        lines.append(
+            f"- member {index}: `{member.get('command') or member['run']}`; validation AUROC"
+            f" {_f(member['val_auroc'], 3)}, within ieee8023 {_f(member['val_within_source_auroc'], 3)};"
+            f" {member['train_seconds']:.0f} s"
+        )
+    return [*lines, ""]

@@ -41,36 +41,42 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=1e-4)
 
 
-def build_serving_function(model: Any, labels: list[str], feature_layer: str | None) -> Any:
+def build_serving_function(models: list[Any], labels: list[str], feature_layer: str | None) -> Any:
     """tf.function: image -> {probabilities, cam?}. The CAM is exact for GAP + dense heads:
-    mean over (h, w) of `cam` plus the dense bias equals the positive logit."""
+    mean over (h, w) of `cam` plus the dense bias equals the positive logit. With several models (an
+    ensemble from `cxr ensemble`) logits and CAMs are averaged, which keeps that identity."""
     import keras
     import tensorflow as tf
 
-    size = model.input_shape[1]
+    size = models[0].input_shape[1]
     positive = labels.index("covid")
-    head = model.get_layer("head")
-    features_model = (
+    features_models = [
         keras.Model(model.input, model.get_layer(feature_layer).output) if feature_layer else None
-    )
+        for model in models
+    ]
 
     @tf.function(input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32, name="image")])
     def serve(image: Any) -> dict[str, Any]:
-        logits = model(image, training=False)
+        logits = tf.add_n([model(image, training=False) for model in models]) / len(models)
         if logits.shape[-1] == 1:
             covid = tf.sigmoid(logits[:, 0])
             probabilities = tf.stack([1.0 - covid, covid], axis=1)
         else:
             probabilities = tf.nn.softmax(logits, axis=-1)
         outputs = {"probabilities": probabilities}
-        if features_model is not None:
+        cams = []
+        for model, features_model in zip(models, features_models, strict=True):
+            if features_model is None:
+                continue
             features = features_model(image, training=False)
-            kernel = head.kernel[:, 0 if logits.shape[-1] == 1 else positive]
+            kernel = model.get_layer("head").kernel[:, 0 if logits.shape[-1] == 1 else positive]
             cam = tf.tensordot(features, kernel, axes=[[3], [0]])
             # tensordot drops the static spatial dims; restore them so the graph (and Triton's config)
             # declares (N, h, w) instead of (N, ?, ?).
             height, width = features_model.output_shape[1:3]
-            outputs["cam"] = tf.reshape(cam, [-1, height, width])
+            cams.append(tf.reshape(cam, [-1, height, width]))
+        if cams:
+            outputs["cam"] = tf.add_n(cams) / len(cams)
         return outputs
 
     return serve
@@ -88,7 +94,9 @@ def export_run(
     summary = json.loads((run / "train.json").read_text())
     labels: list[str] = summary["labels"]
     spec = PreprocessSpec.from_dict(summary["preprocessing"])
-    model = keras.models.load_model(run / "model.keras", compile=False)
+    # An ensemble run (`cxr ensemble`) lists its members; a training run has one model.
+    member_files = [member["path"] for member in summary.get("members", [])] or ["model.keras"]
+    models = [keras.models.load_model(run / file, compile=False) for file in member_files]
     arch = REGISTRY[summary["architecture"]["name"]]
     feature_layer: str | None = summary["architecture"].get("feature_layer")
     if arch.has_cam and feature_layer is None:  # run folders written before feature_layer was recorded
@@ -104,7 +112,7 @@ def export_run(
     segment = Segmenter(run / SEGMENTER_FILE, spec) if summary.get("segmenter") else None
     examples = load_examples(rows, labels, spec, segment)
     samples = np.stack([training_tensor(e, spec) for e in examples])
-    serve = build_serving_function(model, labels, feature_layer)
+    serve = build_serving_function(models, labels, feature_layer)
 
     target = repository / name / version
     target.mkdir(parents=True, exist_ok=True)
@@ -152,9 +160,8 @@ def export_run(
         shutil.copyfile(run / SEGMENTER_FILE, target / SEGMENTER_FILE)
         files[SEGMENTER_FILE] = sha256_file(target / SEGMENTER_FILE)
     shutil.copyfile(run / "split.csv", target / "split.csv")
-    for extra in ("curves.png",):
-        if (run / extra).is_file():
-            shutil.copyfile(run / extra, target / extra)
+    for extra in sorted(run.glob("curves*.png")):
+        shutil.copyfile(extra, target / extra.name)
     card = {
         "name": name,
         "version": version,
@@ -179,6 +186,7 @@ def export_run(
             "epochs_run": summary["epochs_run"],
             "train_seconds": summary["train_seconds"],
             "lung_crop": summary["lung_crop"],
+            **({"members": summary["members"]} if "members" in summary else {}),
         },
         "export": {"parity_images": len(samples), "parity_max_abs_diff": difference, "tolerance": tolerance},
         "segmenter_training": _segmenter_report(summary),

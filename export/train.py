@@ -56,7 +56,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--patience", type=int, default=10, help="early stopping on the validation score")
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--seed", type=int, default=1337, help="seed of the split (and of training, by default)"
+    )
+    parser.add_argument(
+        "--model-seed",
+        type=int,
+        default=None,
+        help="seed of initialisation and augmentation only (ensemble members on the same split)",
+    )
     parser.add_argument("--task", choices=["binary", "three-class"], default="binary")
     parser.add_argument(
         "--segmenter", default=None, help="lungseg.onnx for lung cropping ('none' turns it off)"
@@ -70,6 +78,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.35,
         help="share of the negative class weight given to negatives from COVID sources",
+    )
+    parser.add_argument(
+        "--weight-average",
+        type=float,
+        default=0.0,
+        help="per-epoch exponential average of the weights (e.g. 0.75); selection, the threshold and the "
+        "saved model use the averaged weights (0 turns it off)",
     )
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
@@ -171,6 +186,19 @@ def sample_weights(examples: Sequence[Example], source_balance: float) -> np.nda
     return weights.astype(np.float32)
 
 
+def average_weights(
+    averaged: list[np.ndarray] | None, current: list[np.ndarray], decay: float
+) -> list[np.ndarray]:
+    """decay * averaged + (1 - decay) * current for float weights (batch-norm statistics included);
+    anything else (integer counters, seed states) is taken from `current`."""
+    if averaged is None:
+        return [w.copy() for w in current]
+    return [
+        (decay * a + (1.0 - decay) * c).astype(c.dtype) if np.issubdtype(c.dtype, np.floating) else c.copy()
+        for a, c in zip(averaged, current, strict=True)
+    ]
+
+
 def positive_scores(logits: np.ndarray, labels: Sequence[str]) -> np.ndarray:
     if logits.shape[1] == 1:
         return np.asarray(1.0 / (1.0 + np.exp(-logits[:, 0])))
@@ -193,7 +221,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     from export.architectures import REGISTRY, build
     from service.model import Segmenter
 
-    keras.utils.set_random_seed(args.seed)
+    model_seed = args.seed if args.model_seed is None else args.model_seed
+    keras.utils.set_random_seed(model_seed)
     started = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -236,10 +265,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         args.learning_rate, decay_steps=steps * args.epochs, alpha=0.05
     )
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(model_seed)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"score": -1.0}
     best_weights = model.get_weights()
+    averaged: list[np.ndarray] | None = None
     positive = max(e.target for e in train_examples)
     for epoch in range(1, args.epochs + 1):
         epoch_started = time.monotonic()
@@ -256,6 +286,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         )
         train_logits = model.predict(train_x, batch_size=64, verbose=0)
         val_logits = model.predict(val_x, batch_size=64, verbose=0)
+        raw_val_auc = auroc(val_t == positive, positive_scores(val_logits, labels))
+        if args.weight_average > 0:
+            # Validation AUROC swings by 0.05-0.2 between epochs (small val set, batch-norm statistics
+            # that move with the last batches): an average of recent weights is steadier, and it is the
+            # model that is validated, selected and saved.
+            current = model.get_weights()
+            averaged = average_weights(averaged, current, args.weight_average)
+            model.set_weights(averaged)
+            val_logits = model.predict(val_x, batch_size=64, verbose=0)
         val_loss = float(loss(val_t if outputs > 1 else val_t[:, None].astype(np.float32), val_logits))
         train_scores = positive_scores(train_logits, labels)
         val_scores = positive_scores(val_logits, labels)
@@ -271,6 +310,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "auroc": auroc(train_t == positive, train_scores),
             "val_auroc": val_auc,
             "val_within_source_auroc": val_within,
+            "val_auroc_raw_weights": raw_val_auc,
             "selection_score": score,
             "seconds": round(time.monotonic() - epoch_started, 1),
         }
@@ -295,7 +335,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             }
             best_weights = model.get_weights()
             best_val_scores = val_scores
-        elif epoch - best["epoch"] >= args.patience:
+        stop = epoch - best["epoch"] >= args.patience
+        if args.weight_average > 0:
+            model.set_weights(current)  # training goes on from the raw weights
+        if stop:
             logger.info("early stop: no validation improvement for %d epochs", args.patience)
             break
     model.set_weights(best_weights)

@@ -40,7 +40,7 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
-TARGETS = ("service", "service-b1", "naive", "peer")
+TARGETS = ("service", "service-b1", "naive", "naive-service-decoder", "peer")
 
 
 @dataclass

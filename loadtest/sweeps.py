@@ -166,11 +166,14 @@ def _command(
             repo, max_batch_size=size, max_queue_delay_ms=budget.max_queue_delay_ms, extra=flags
         )
         return command, "/v1/classify", {}, "/readyz", None
-    if target == "naive":
+    if target in ("naive", "naive-service-decoder"):
         return (
             targets.naive_command(),
             "/classify",
-            {"CXR_NAIVE_MODEL": str(plan.model_dir)},
+            {
+                "CXR_NAIVE_MODEL": str(plan.model_dir),
+                "CXR_NAIVE_DECODE": "full" if target == "naive" else "service",
+            },
             "/healthz",
             None,
         )
@@ -202,6 +205,13 @@ def measure_targets(plan: Plan) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             generator = _generator(plan, running.url + path, full=name.startswith("service"))
             server = running if name.startswith("service") else None
             closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[], server=server)
+            # Every target's best level runs a second time and its peak is the better of the two, as the
+            # in-process limit is the best of its rounds: one 8 s window on a shared machine varies by ~10 %.
+            best = max(closed, key=lambda s: s.images_per_s)
+            again = sweep(plan, name, generator, clients=[int(best.level)], rates=[], server=server)
+            for summary in again:
+                summary.repeat = True
+            closed += again
             if name == "service":
                 peak = max(closed, key=lambda s: s.images_per_s)
                 rates = [fraction * peak.images_per_s for fraction in plan.open_fractions]

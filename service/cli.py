@@ -99,6 +99,23 @@ def _export() -> Handler:
     return main
 
 
+def _ensemble_flags(parser: argparse.ArgumentParser) -> None:
+    from export.ensemble import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "ensemble",
+    "average the logits of runs trained on the same split into one run folder, validated on validation",
+    _ensemble_flags,
+)
+def _ensemble() -> Handler:
+    from export.ensemble import main
+
+    return main
+
+
 def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
     from export.evaluate import add_flags
 

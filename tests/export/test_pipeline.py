@@ -40,6 +40,8 @@ def exported(synthetic_manifest: Path, tmp_path_factory: pytest.TempPathFactory)
                 str(run),
                 "--batch-size",
                 "16",
+                "--weight-average",
+                "0.5",
             ]
         )
         == 0
@@ -80,6 +82,19 @@ def test_train_writes_an_auditable_patient_disjoint_split(exported: Path, synthe
     assert (exported / "repo" / "tiny" / "config.pbtxt").is_file()
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+    assert all("val_auroc_raw_weights" in h for h in history)
+
+
+def test_weight_average_mixes_float_weights_and_copies_the_rest() -> None:
+    from export.train import average_weights
+
+    first = [np.zeros(3, np.float32), np.array([7], np.int64)]
+    second = [np.full(3, 4.0, np.float32), np.array([9], np.int64)]
+    averaged = average_weights(None, first, 0.75)
+    assert averaged[0] is not first[0] and np.array_equal(averaged[0], first[0])
+    averaged = average_weights(averaged, second, 0.75)
+    assert np.allclose(averaged[0], 1.0) and averaged[0].dtype == np.float32
+    assert averaged[1].tolist() == [9]
 
 
 def test_exported_graph_has_named_io_dynamic_batch_and_metadata(exported: Path) -> None:
@@ -167,3 +182,60 @@ def test_evaluate_and_predict_on_the_exported_model(exported: Path, synthetic_ma
     assert abs(sum(record["probabilities"].values()) - 1) < 1e-5
     assert record["label"] in ("covid", "non-covid")
     assert (exported / "heat" / f"{image.stem}_cam.png").is_file()
+
+
+def _train_tiny(manifest: Path, out: Path, *extra: str) -> None:
+    args = ["train", "--manifest", str(manifest), "--arch", "compact", "--epochs", "1", "--input-size", "64"]
+    args += ["--segmenter", "none", "--out", str(out), "--batch-size", "16", *extra]
+    assert cxr(args) == 0
+
+
+def test_ensemble_of_runs_on_one_split_exports_with_parity_and_an_exact_cam(
+    exported: Path, synthetic_manifest: Path
+) -> None:
+    member = exported / "member-b"
+    _train_tiny(synthetic_manifest, member, "--model-seed", "7")
+    ensemble = exported / "ensemble"
+    assert cxr(["ensemble", "--run", str(exported / "run"), "--run", str(member), "--manifest",
+                str(synthetic_manifest), "--out", str(ensemble)]) == 0  # fmt: skip
+    summary = json.loads((ensemble / "train.json").read_text())
+    assert [m["model_seed"] for m in summary["members"]] == [None, 7]
+    assert read_split(ensemble / "split.csv") == read_split(exported / "run" / "split.csv")
+    assert 0.0 <= summary["threshold"] <= 1.0
+    repo = exported / "ensemble-repo"
+    export = [
+        "export",
+        "--run",
+        str(ensemble),
+        "--manifest",
+        str(synthetic_manifest),
+        "--repository",
+        str(repo),
+    ]
+    assert cxr([*export, "--name", "tiny-ensemble", "--version", "1"]) == 0
+    card = json.loads((repo / "tiny-ensemble" / "1" / "card.json").read_text())
+    assert card["export"]["parity_max_abs_diff"] <= 1e-4
+    assert len(card["training"]["members"]) == 2
+
+    # The ensemble's answer differs from each member's: it really combines both.
+    model = OnnxModel(repo / "tiny-ensemble" / "1")
+    single = OnnxModel(exported / "repo" / "tiny" / "3")
+    from service.decode import decode_file
+
+    rows = read_manifest(synthetic_manifest)[:8]
+    batch = np.stack([model.prepare(decode_file(str(r.path)).pixels)[0] for r in rows])
+    probabilities, cam = model.run(batch)
+    assert cam is not None
+    assert not np.allclose(probabilities, single.run(batch)[0], atol=1e-6)
+    logits = np.log(probabilities[:, 1] / probabilities[:, 0])
+    bias = logits - cam.mean(axis=(1, 2))  # mean of the members' biases, the same for every image
+    assert np.allclose(bias, bias[0], atol=1e-3)
+
+
+def test_ensemble_refuses_runs_on_different_splits(exported: Path, synthetic_manifest: Path) -> None:
+    other = exported / "other-split"
+    _train_tiny(synthetic_manifest, other, "--seed", "99")
+    status = cxr(["ensemble", "--run", str(exported / "run"), "--run", str(other), "--manifest",
+                  str(synthetic_manifest), "--out", str(exported / "bad-ensemble")])  # fmt: skip
+    assert status == 2
+    assert not (exported / "bad-ensemble" / "train.json").exists()
