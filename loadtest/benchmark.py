@@ -116,73 +116,91 @@ def host() -> dict[str, Any]:
     }
 
 
-def _limit(plan: Plan) -> dict[str, Any]:
-    """Stage timings, the limit under the service's thread budget, and the optimization variants."""
-    budget = plan.defaults
-    one = OnnxModel(
-        plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=budget.intra_op_threads
-    )
-    sizes = [1, budget.max_batch_size]
-    stages = limit.stage_times(one, plan.samples, repeats=plan.stage_repeats, batch_sizes=sizes)
-    both = OnnxModel(plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=2)
-    workers, threads = budget.decode_workers, budget.intra_op_threads
-    other = _cores() if workers != _cores() else max(1, _cores() - 1)
-    variants = [
-        (one, limit.Pipeline(f"service budget, batch {size}", workers, threads, size)) for size in sizes
-    ] + [
-        (
-            one,
-            limit.Pipeline(
-                "service budget, full-size JPEG decode",
-                workers,
-                threads,
-                budget.max_batch_size,
-                limit.decode_full,
+class _Limit:
+    """Stage timings, the limit under the service's thread budget, and the optimization variants.
+
+    Rounds interleave the configurations and each keeps its best: another process's burst can only slow a
+    configuration down, and it should not decide a comparison by landing on one of them. The first round
+    runs before the HTTP targets and the last right after the service's closed-loop sweep, next to the
+    service's second peak measurement, so that a drift in the shared machine's speed hits both sides of
+    the service/limit ratio. Each round measures as long as one load level of the service does.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        budget = plan.defaults
+        one = OnnxModel(
+            plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=budget.intra_op_threads
+        )
+        self.sizes = [1, budget.max_batch_size]
+        self.stages = limit.stage_times(one, plan.samples, repeats=plan.stage_repeats, batch_sizes=self.sizes)
+        both = OnnxModel(plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=2)
+        workers, threads = budget.decode_workers, budget.intra_op_threads
+        other = _cores() if workers != _cores() else max(1, _cores() - 1)
+        self.variants = [
+            (one, limit.Pipeline(f"service budget, batch {size}", workers, threads, size))
+            for size in self.sizes
+        ] + [
+            (
+                one,
+                limit.Pipeline(
+                    "service budget, full-size JPEG decode",
+                    workers,
+                    threads,
+                    budget.max_batch_size,
+                    limit.decode_full,
+                ),
             ),
-        ),
-        (
-            both,
-            limit.Pipeline("no overlap: decode then infer, 2 intra-op threads", 0, 2, budget.max_batch_size),
-        ),
-        (
-            one,
-            limit.Pipeline(
-                f"{other} decode thread(s), {threads} intra-op", other, threads, budget.max_batch_size
+            (
+                both,
+                limit.Pipeline(
+                    "no overlap: decode then infer, 2 intra-op threads", 0, 2, budget.max_batch_size
+                ),
             ),
-        ),
-        (
-            both,
-            limit.Pipeline(
-                f"oversubscribed: {workers} decode thread(s) + 2 intra-op threads",
-                workers,
-                2,
-                budget.max_batch_size,
+            (
+                one,
+                limit.Pipeline(
+                    f"{other} decode thread(s), {threads} intra-op", other, threads, budget.max_batch_size
+                ),
             ),
-        ),
-    ]
-    # Rounds interleave the configurations and each keeps its best: another process's burst can only
-    # slow a configuration down, and it should not decide a comparison by landing on one of them.
-    rates: list[list[float]] = [[] for _ in variants]
-    for _ in range(plan.limit_rounds):
-        for index, (model, pipeline) in enumerate(variants):
-            rates[index].append(
+            (
+                both,
+                limit.Pipeline(
+                    f"oversubscribed: {workers} decode thread(s) + 2 intra-op threads",
+                    workers,
+                    2,
+                    budget.max_batch_size,
+                ),
+            ),
+        ]
+        self.rates: list[list[float]] = [[] for _ in self.variants]
+
+    def round(self) -> None:
+        for index, (model, pipeline) in enumerate(self.variants):
+            self.rates[index].append(
                 limit.run_pipeline(
-                    model, plan.samples, pipeline, warmup_s=plan.warmup_s / 2, duration_s=plan.duration_s / 2
+                    model,
+                    self.plan.samples,
+                    pipeline,
+                    warmup_s=self.plan.warmup_s,
+                    duration_s=self.plan.duration_s,
                 )
             )
-    measured = []
-    for (_, pipeline), rounds in zip(variants, rates, strict=True):
-        measured.append(
-            {
-                **vars(pipeline),
-                "decoder": pipeline.decoder.__name__,
-                "images_per_s": max(rounds),
-                "rounds": rounds,
-            }
-        )
-        logger.info("limit %-55s %7.1f images/s (best of %s)", pipeline.name, max(rounds), rounds)
-    best = max(entry["images_per_s"] for entry in measured[: len(sizes)])
-    return {"stages_ms": stages, "variants": measured, "images_per_s": best}
+
+    def result(self) -> dict[str, Any]:
+        measured = []
+        for (_, pipeline), rounds in zip(self.variants, self.rates, strict=True):
+            measured.append(
+                {
+                    **vars(pipeline),
+                    "decoder": pipeline.decoder.__name__,
+                    "images_per_s": max(rounds),
+                    "rounds": rounds,
+                }
+            )
+            logger.info("limit %-55s %7.1f images/s (best of %s)", pipeline.name, max(rounds), rounds)
+        best = max(entry["images_per_s"] for entry in measured[: len(self.sizes)])
+        return {"stages_ms": self.stages, "variants": measured, "images_per_s": best}
 
 
 def _gpu(plan: Plan) -> dict[str, Any]:
@@ -253,10 +271,16 @@ def run(plan: Plan) -> dict[str, Any]:
         },
     }
     del model
-    results["limit"] = _limit(plan)
+    in_process = _Limit(plan)
+    for _ in range(max(1, plan.limit_rounds - 1)):
+        in_process.round()
     from loadtest import sweeps  # aiohttp and psutil come with the [load] extra; `cxr --help` needs neither
 
-    results["runs"], results["overload"] = sweeps.measure_targets(plan)
+    last_round = in_process.round if plan.limit_rounds > 1 else None
+    results["runs"], results["overload"] = sweeps.measure_targets(plan, between=last_round)
+    if "service" not in plan.targets and last_round is not None:
+        last_round()
+    results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)
     # Load at the end too: other processes that started during the run took CPU from its figures.
     results["host"]["load_average_at_end"] = list(os.getloadavg())

@@ -230,7 +230,8 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         "Decode + preprocess + ONNX Runtime in a tight loop, no HTTP. The first rows use the service's thread "
         "budget (the limit is the best of them); the others undo one optimization each. Each figure is the best "
-        "of interleaved rounds.",
+        "of interleaved rounds, each as long as one load level; the first round runs before the HTTP targets, "
+        "the last right after the service's closed-loop sweep, next to its second peak measurement.",
         "",
         "| configuration | decode threads | intra-op threads | batch | images/s |",
         "|---|---|---|---|---|",
