@@ -57,6 +57,18 @@ def test_acceptance_from_one_run() -> None:
     assert [check["check"] for check in checks.values() if check["pass"] is False] == []
 
 
+def test_the_back_to_back_ratio_pairs_the_limits_last_round_with_the_services_repeat() -> None:
+    results = _results()
+    results["limit"]["variants"] = [
+        {"name": "service budget, batch 1", "rounds": [58.0, 47.0]},
+        {"name": "service budget, batch 8", "rounds": [57.0, 48.0]},
+        {"name": "service budget, full-size JPEG decode", "rounds": [27.0, 90.0]},  # not the budget's limit
+    ]
+    results["runs"].append({**_run("service", "closed", 16, 45.6), "repeat": True})
+    paired = next(check for check in acceptance(results) if "back to back" in check["check"])
+    assert paired["value"].startswith("0.950 ") and paired["pass"] == "info"  # 45.6 / 48
+
+
 def test_a_slow_tail_growing_memory_and_no_recovery_fail() -> None:
     results = _results()
     results["runs"][3]["p99_ms"] = 130.0  # 3.25x the single-request latency
