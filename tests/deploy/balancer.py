@@ -133,6 +133,17 @@ def start_nginx(binary: str, upstreams: list[str], workdir: Path, timeout: float
     raise RuntimeError("nginx could not bind a free port in three tries")
 
 
-def access_log(nginx: Process) -> list[dict[str, Any]]:
-    """The JSON access-log lines (log_format `upstreams` in deploy/nginx.conf) nginx wrote to stdout."""
-    return [json.loads(line) for line in nginx.output().splitlines() if line.startswith("{")]
+def access_log(
+    nginx: Process, request_ids: set[str] | None = None, timeout_s: float = 15.0
+) -> list[dict[str, Any]]:
+    """The JSON access-log lines (log_format `upstreams` in deploy/nginx.conf) nginx wrote to stdout.
+
+    nginx writes a request's line in its log phase, after the response went out, so a client can hold its
+    answer before the line exists: with `request_ids`, wait (bounded) until every one of them is logged."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [json.loads(line) for line in nginx.output().splitlines() if line.startswith("{")]
+        logged = {line.get("request_id") for line in lines}
+        if not request_ids or request_ids <= logged or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
