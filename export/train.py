@@ -86,6 +86,20 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="per-epoch exponential average of the weights (e.g. 0.75); selection, the threshold and the "
         "saved model use the averaged weights (0 turns it off)",
     )
+    parser.add_argument(
+        "--adversary",
+        type=float,
+        default=0.0,
+        help="strength of a domain-adversarial head (gradient reversal) that tries to tell the origin of "
+        "non-COVID images from the pooled features; ramps up from 0 (0 turns it off)",
+    )
+    parser.add_argument(
+        "--annotations",
+        type=float,
+        default=0.0,
+        help="probability of burning synthetic letters, digits, arrows and circles into a training image "
+        "of any class (paper figures carry them, hospital films mostly do not)",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--min-sensitivity", type=float, default=0.90, help="threshold rule on validation")
@@ -116,10 +130,43 @@ def training_tensor(example: Example, spec: PreprocessSpec) -> np.ndarray:
     return crop_and_finish(example.pixels, example.geometry, spec)
 
 
-def augment(example: Example, spec: PreprocessSpec, rng: np.random.Generator) -> np.ndarray:
-    """A randomly perturbed training input: photometric changes on the whole image, then a jittered,
-    slightly rotated crop around the lung box."""
+_ANNOTATION_TEXT = list("0123456789ABCDELRabcd+-")
+
+
+def annotate(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A copy of `image` with 1-3 marks burned in over the lung box: the letters, severity digits, arrows
+    and circles of paper figures (ieee8023's COVID images carry them; a class activation map of v1 peaked
+    on such digits). Drawn on every class, they stop being evidence of COVID."""
+    marked = image.copy()
+    x0, y0, x1, y1 = box
+    size = max(x1 - x0, y1 - y0)
+    for _ in range(int(rng.integers(1, 4))):
+        colour = int(rng.choice([0, 255]))
+        thickness = int(rng.integers(1, 4))
+        point = (int(rng.integers(x0, max(x0 + 1, x1))), int(rng.integers(y0, max(y0 + 1, y1))))
+        kind = rng.integers(3)
+        if kind == 0:
+            text = "".join(rng.choice(_ANNOTATION_TEXT, size=int(rng.integers(1, 4))))
+            scale = rng.uniform(0.02, 0.07) * size / 22.0  # Hershey simplex is ~22 px tall at scale 1
+            cv2.putText(marked, text, point, cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
+        elif kind == 1:
+            length, angle = rng.uniform(0.06, 0.18) * size, rng.uniform(0, 2 * np.pi)
+            tail = (int(point[0] + length * np.cos(angle)), int(point[1] + length * np.sin(angle)))
+            cv2.arrowedLine(marked, tail, point, colour, thickness, cv2.LINE_AA, tipLength=0.3)
+        else:
+            radius = int(rng.uniform(0.03, 0.12) * size)
+            cv2.circle(marked, point, max(radius, 2), colour, thickness, cv2.LINE_AA)
+    return marked
+
+
+def augment(
+    example: Example, spec: PreprocessSpec, rng: np.random.Generator, annotations: float = 0.0
+) -> np.ndarray:
+    """A randomly perturbed training input: synthetic annotations (with probability `annotations`) and
+    photometric changes on the whole image, then a jittered, slightly rotated crop around the lung box."""
     image = example.pixels
+    if rng.random() < annotations:
+        image = annotate(image, example.geometry.box, rng)
     if rng.random() < 0.5:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 95))])
         reencoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else None
@@ -186,6 +233,33 @@ def sample_weights(examples: Sequence[Example], source_balance: float) -> np.nda
     return weights.astype(np.float32)
 
 
+def origin_targets(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
+    """The adversary's task: (1 for a non-COVID image from a COVID-bearing origin, else 0; weights). Only
+    non-COVID images count, each origin carrying half the weight, so the features are pushed to say
+    nothing about where a negative came from, which is the source shortcut (COVID images all come from
+    one origin, so telling origins apart among negatives is what the shortcut needs)."""
+    targets = np.array([e.target for e in examples])
+    positive = targets.max()
+    origins = np.array([e.row.origin for e in examples])
+    covid_origins = list({o for o, t in zip(origins, targets, strict=True) if t == positive})
+    negative = targets != positive
+    inside = negative & np.isin(origins, covid_origins)
+    outside = negative & ~inside
+    weights = np.zeros(len(examples), dtype=np.float32)
+    if inside.any() and outside.any():
+        weights[inside] = 0.5 * negative.sum() / inside.sum()
+        weights[outside] = 0.5 * negative.sum() / outside.sum()
+    return inside.astype(np.float32), weights
+
+
+def source_gap_auroc(examples: Sequence[Example], scores: np.ndarray) -> float | None:
+    """AUROC of the COVID score for non-COVID images from COVID-bearing origins against other non-COVID
+    images: 0.5 when the score carries no trace of the origin among negatives, 1.0 for the pure shortcut."""
+    inside, weights = origin_targets(examples)
+    keep = weights > 0
+    return auroc(inside[keep] > 0, scores[keep]) if keep.any() else None
+
+
 def average_weights(
     averaged: list[np.ndarray] | None, current: list[np.ndarray], decay: float
 ) -> list[np.ndarray]:
@@ -213,6 +287,46 @@ def within_source_auroc(examples: Sequence[Example], scores: np.ndarray) -> floa
     mixed = [o for o in set(origins) if targets[origins == o].any() and (~targets[origins == o]).any()]
     keep = np.isin(origins, mixed)
     return auroc(targets[keep], scores[keep]) if keep.any() else None
+
+
+def adversarial_model(model: Any, loss: Any) -> tuple[Any, Any]:
+    """(training model with outputs [logits, origin logit], the strength variable of its gradient
+    reversal). The origin head reads the pooled features through a layer that passes them forward
+    unchanged and sends back minus `strength` times the gradient (Ganin & Lempitsky 2015): the head learns
+    to tell origins apart while the features learn not to let it. Only the classifier is saved and exported."""
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    try:
+        pooled = model.get_layer("gap").output
+    except ValueError:
+        raise ValueError("--adversary needs an architecture with a global-average-pooling head") from None
+    strength = keras.Variable(0.0, trainable=False, name="reversal_strength")
+
+    class GradientReversal(layers.Layer):
+        def call(self, inputs: Any) -> Any:
+            @tf.custom_gradient  # type: ignore[misc]
+            def reverse(tensor: Any) -> Any:
+                return tf.identity(tensor), lambda upstream: -strength * upstream
+
+            return reverse(inputs)
+
+    x = GradientReversal(name="reversal")(pooled)
+    x = layers.Dense(64, activation="relu", name="origin_hidden")(x)
+    x = layers.Dropout(0.3, name="origin_dropout")(x)
+    origin = layers.Dense(1, name="origin")(x)
+    combined = keras.Model(model.input, [model.output, origin], name="adversarial")
+    combined.compile(
+        optimizer=model.optimizer, loss=[loss, keras.losses.BinaryCrossentropy(from_logits=True)]
+    )
+    return combined, strength
+
+
+def reversal_strength(epoch: int, epochs: int, maximum: float) -> float:
+    """Ganin & Lempitsky's ramp: 0 at the start, ~maximum after about half the epochs."""
+    progress = (epoch - 1) / max(1, epochs - 1)
+    return float(maximum * (2.0 / (1.0 + np.exp(-10.0 * progress)) - 1.0))
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,6 +379,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         args.learning_rate, decay_steps=steps * args.epochs, alpha=0.05
     )
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
+    fitted, strength = adversarial_model(model, loss) if args.adversary > 0 else (model, None)
+    origin_t, origin_w = origin_targets(train_examples)
     rng = np.random.default_rng(model_seed)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] = {"score": -1.0}
@@ -274,16 +390,28 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for epoch in range(1, args.epochs + 1):
         epoch_started = time.monotonic()
         order = rng.permutation(len(train_examples))
-        train_x = np.stack([augment(train_examples[i], spec, rng) for i in order])
+        train_x = np.stack([augment(train_examples[i], spec, rng, args.annotations) for i in order])
         train_t = np.array([train_examples[i].target for i in order], dtype=np.float32)
-        fit = model.fit(
-            train_x,
-            train_t if outputs > 1 else train_t[:, None],
-            sample_weight=weights[order],
-            batch_size=args.batch_size,
-            epochs=1,
-            verbose=0,
-        )
+        class_t = train_t if outputs > 1 else train_t[:, None]
+        if strength is None:
+            fit = model.fit(
+                train_x,
+                class_t,
+                sample_weight=weights[order],
+                batch_size=args.batch_size,
+                epochs=1,
+                verbose=0,
+            )
+        else:
+            strength.assign(reversal_strength(epoch, args.epochs, args.adversary))
+            fit = fitted.fit(
+                train_x,
+                [class_t, origin_t[order][:, None]],
+                sample_weight=[weights[order], origin_w[order]],
+                batch_size=args.batch_size,
+                epochs=1,
+                verbose=0,
+            )
         train_logits = model.predict(train_x, batch_size=64, verbose=0)
         val_logits = model.predict(val_x, batch_size=64, verbose=0)
         raw_val_auc = auroc(val_t == positive, positive_scores(val_logits, labels))
@@ -303,7 +431,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         score = (val_auc + val_within) / 2 if val_within is not None else val_auc
         record = {
             "epoch": epoch,
-            "loss": float(fit.history["loss"][-1]),
+            "loss": float(fit.history["head_loss" if strength is not None else "loss"][-1]),
             "val_loss": val_loss,
             "accuracy": float(np.mean((train_scores >= 0.5) == (train_t == positive))),
             "val_accuracy": float(np.mean((val_scores >= 0.5) == (val_t == positive))),
@@ -311,18 +439,23 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "val_auroc": val_auc,
             "val_within_source_auroc": val_within,
             "val_auroc_raw_weights": raw_val_auc,
+            "val_source_gap_auroc": source_gap_auroc(val_examples, val_scores),
+            "origin_loss": float(fit.history["origin_loss"][-1]) if strength is not None else None,
+            "reversal_strength": float(strength.numpy()) if strength is not None else None,
             "selection_score": score,
             "seconds": round(time.monotonic() - epoch_started, 1),
         }
         history.append(record)
         logger.info(
-            "epoch %d/%d loss %.4f val_loss %.4f val AUROC %.4f within-source %s score %.4f (%.0fs)",
+            "epoch %d/%d loss %.4f val_loss %.4f val AUROC %.4f within-source %s source gap %s score %.4f "
+            "(%.0fs)",
             epoch,
             args.epochs,
             record["loss"],
             val_loss,
             val_auc,
             f"{val_within:.4f}" if val_within is not None else "n/a",
+            f"{record['val_source_gap_auroc']:.3f}" if record["val_source_gap_auroc"] is not None else "n/a",
             score,
             record["seconds"],
         )
@@ -332,6 +465,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                 "epoch": epoch,
                 "val_auroc": val_auc,
                 "val_within_source_auroc": val_within,
+                "val_source_gap_auroc": record["val_source_gap_auroc"],
             }
             best_weights = model.get_weights()
             best_val_scores = val_scores
@@ -409,6 +543,9 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
             axis.plot(
                 epochs, [h["val_within_source_auroc"] for h in history], label="validation, within ieee8023"
             )
+            gap = [h.get("val_source_gap_auroc") for h in history]
+            if any(value is not None for value in gap):
+                axis.plot(epochs, gap, ":", label="validation, origin of negatives (0.5 = no trace)")
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.legend(fontsize=8)

@@ -59,6 +59,7 @@ class Plan:
     overload_s: float = 15.0
     stage_repeats: int = 5
     limit_rounds: int = 2
+    pairs: int = 3
     quick: bool = False
     service_variants: dict[str, list[str]] = field(default_factory=dict)
     # The targets' logs stay out of the output folder (docs/ is committed); the path is logged at the end.
@@ -74,7 +75,7 @@ class Plan:
         self.service_variants = {}
         self.concurrency, self.open_fractions = [1, 4], [0.5, 0.7]
         self.warmup_s, self.duration_s, self.overload_s, self.stage_repeats = 0.3, 1.0, 2.0, 2
-        self.limit_rounds = 1
+        self.limit_rounds, self.pairs = 1, 1
 
 
 def default_variants(defaults: Settings) -> dict[str, list[str]]:
@@ -119,11 +120,12 @@ def host() -> dict[str, Any]:
 class _Limit:
     """Stage timings, the limit under the service's thread budget, and the optimization variants.
 
-    Rounds interleave the configurations and each keeps its best: another process's burst can only slow a
-    configuration down, and it should not decide a comparison by landing on one of them. The first round
-    runs before the HTTP targets and the last right after the service's closed-loop sweep, next to the
-    service's second peak measurement, so that a drift in the shared machine's speed hits both sides of
-    the service/limit ratio. Each round measures as long as one load level of the service does.
+    Full rounds interleave every configuration and each keeps its best: another process's burst can only
+    slow a configuration down, and it should not decide a comparison by landing on one of them. They run
+    before the HTTP targets. The service/limit ratio comes from `budget_round()`s instead, each run right
+    before one measurement of the service's peak level (the service idle in the meantime), so that the
+    shared machine's drift over a run (seen: 58 vs 49 images/s for the same loop 12 minutes apart) hits
+    both sides of each pair alike. Each round measures as long as one load level of the service does.
     """
 
     def __init__(self, plan: Plan) -> None:
@@ -186,6 +188,20 @@ class _Limit:
                     duration_s=self.plan.duration_s,
                 )
             )
+
+    def budget_round(self) -> float:
+        """One round of the service-budget configurations only -> the limit of this round (the best)."""
+        for index, (model, pipeline) in enumerate(self.variants[: len(self.sizes)]):
+            self.rates[index].append(
+                limit.run_pipeline(
+                    model,
+                    self.plan.samples,
+                    pipeline,
+                    warmup_s=self.plan.warmup_s,
+                    duration_s=self.plan.duration_s,
+                )
+            )
+        return max(rates[-1] for rates in self.rates[: len(self.sizes)])
 
     def result(self) -> dict[str, Any]:
         measured = []
@@ -272,14 +288,11 @@ def run(plan: Plan) -> dict[str, Any]:
     }
     del model
     in_process = _Limit(plan)
-    for _ in range(max(1, plan.limit_rounds - 1)):
+    for _ in range(max(1, plan.limit_rounds)):
         in_process.round()
     from loadtest import sweeps  # aiohttp and psutil come with the [load] extra; `cxr --help` needs neither
 
-    last_round = in_process.round if plan.limit_rounds > 1 else None
-    results["runs"], results["overload"] = sweeps.measure_targets(plan, between=last_round)
-    if "service" not in plan.targets and last_round is not None:
-        last_round()
+    results["runs"], results["overload"] = sweeps.measure_targets(plan, paired=in_process.budget_round)
     results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)
     # Load at the end too: other processes that started during the run took CPU from its figures.

@@ -69,7 +69,8 @@ class Summary:
     max_total_s: float = 0.0  # longest time from send to answer of any request, failed ones included
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per request by part (service, closed loop)
     load_1min: float = 0.0  # the machine's 1-minute load average when the level ended
-    repeat: bool = False  # closed loop: the best level measured a second time (the peak is the better one)
+    repeat: bool = False  # closed loop: the best level measured again (the peak is the best of them)
+    paired_limit: float | None = None  # service repeats: the in-process limit measured just before, images/s
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))

@@ -190,11 +190,12 @@ def _command(
 
 
 def measure_targets(
-    plan: Plan, between: Callable[[], None] | None = None
+    plan: Plan, paired: Callable[[], float] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every target's sweeps (service first) and the service's overload checks. `between` runs after the
-    service's closed-loop sweep, just before its peak level is measured again (the in-process limit's last
-    round, so the two are measured side by side in time)."""
+    """Every target's sweeps (service first) and the service's overload checks. After the service's
+    closed-loop sweep, its peak level is measured `plan.pairs` more times, each right after a call of
+    `paired` (a round of the in-process limit, returning its images/s), so that each service measurement
+    has a limit measured next to it in time."""
     order = sorted(plan.targets, key=lambda name: name != "service")
     runs: list[Summary] = []
     checks: dict[str, Any] = {}
@@ -212,12 +213,13 @@ def measure_targets(
             # Every target's best level runs a second time and its peak is the better of the two, as the
             # in-process limit is the best of its rounds: one 8 s window on a shared machine varies by ~10 %.
             best = max(closed, key=lambda s: s.images_per_s)
-            if name == "service" and between is not None:
-                between()
-            again = sweep(plan, name, generator, clients=[int(best.level)], rates=[], server=server)
-            for summary in again:
-                summary.repeat = True
-            closed += again
+            pairing = paired if name == "service" else None
+            for _ in range(plan.pairs if pairing is not None else 1):
+                limit_rate = pairing() if pairing is not None else None
+                again = sweep(plan, name, generator, clients=[int(best.level)], rates=[], server=server)
+                for summary in again:
+                    summary.repeat, summary.paired_limit = True, limit_rate
+                closed += again
             if name == "service":
                 peak = max(closed, key=lambda s: s.images_per_s)
                 rates = [fraction * peak.images_per_s for fraction in plan.open_fractions]

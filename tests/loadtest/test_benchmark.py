@@ -47,7 +47,12 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     overload = results["overload"]
     assert overload["only_2xx_503_429"], overload["statuses_all"]
     assert overload["max_request_s"] <= overload["deadline_s"] + 0.5
-    checks = {check["check"]: check for check in results["acceptance"]}
+    repeats = [r for r in runs if r["target"] == "service" and r.get("repeat")]
+    assert len(repeats) == plan.pairs and all(r["paired_limit"] > 0 for r in repeats)
+    checks = {check["check"].split(" (")[0]: check for check in results["acceptance"]}
+    assert "median of 1 back-to-back pairs" in next(
+        check["check"] for check in results["acceptance"] if check["check"].startswith("service peak / in-")
+    )
     assert checks["service peak / best peer"]["pass"] is None  # no peer in this run: not measured, not passed
     assert "skipped" in results["gpu"] or results["gpu"]["providers"]
     document = (tmp_path / "benchmarks.md").read_text()

@@ -57,16 +57,26 @@ def test_acceptance_from_one_run() -> None:
     assert [check["check"] for check in checks.values() if check["pass"] is False] == []
 
 
-def test_the_back_to_back_ratio_pairs_the_limits_last_round_with_the_services_repeat() -> None:
+def test_the_limit_check_is_the_median_of_back_to_back_pairs_when_the_run_has_them() -> None:
     results = _results()
-    results["limit"]["variants"] = [
-        {"name": "service budget, batch 1", "rounds": [58.0, 47.0]},
-        {"name": "service budget, batch 8", "rounds": [57.0, 48.0]},
-        {"name": "service budget, full-size JPEG decode", "rounds": [27.0, 90.0]},  # not the budget's limit
-    ]
-    results["runs"].append({**_run("service", "closed", 16, 45.6), "repeat": True})
-    paired = next(check for check in acceptance(results) if "back to back" in check["check"])
-    assert paired["value"].startswith("0.950 ") and paired["pass"] == "info"  # 45.6 / 48
+    results["limit"]["images_per_s"] = 58.0  # a fast early round: best against best would be 47 / 58 = 0.81
+    for service, limit in ((45.6, 48.0), (47.0, 54.0), (40.0, 50.0)):  # ratios 0.95, 0.87, 0.80
+        results["runs"].append(
+            {**_run("service", "closed", 16, service), "repeat": True, "paired_limit": limit}
+        )
+    checks = acceptance(results)
+    paired = next(check for check in checks if check["check"].startswith("service peak / in-process limit"))
+    assert "median of 3 back-to-back pairs" in paired["check"]
+    assert paired["value"] == 0.87 and paired["pass"] is False  # the middle ratio, 47 / 54
+    best = next(check for check in checks if "best service level / best limit round" in check["check"])
+    assert best["value"] == round(47.0 / 58.0, 3) and best["pass"] == "info"
+
+
+def test_a_repeat_without_a_paired_limit_leaves_the_best_against_best_check() -> None:
+    results = _results()
+    results["runs"].append({**_run("service", "closed", 16, 45.6), "repeat": True, "paired_limit": None})
+    checks = [check for check in acceptance(results) if "in-process limit" in check["check"]]
+    assert [check["check"] for check in checks] == ["service peak / in-process limit"]
 
 
 def test_a_slow_tail_growing_memory_and_no_recovery_fail() -> None:
