@@ -86,6 +86,19 @@ def target(label: str, labels: Sequence[str]) -> int:
     return list(labels).index(label)
 
 
+def _strata(rows: Iterable[Row]) -> tuple[dict[str, list[Row]], dict[tuple[str, str], list[str]]]:
+    """(patient group -> its rows, (origin, the group's label) -> its groups)."""
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[row.group].append(row)
+    strata: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for group, members in groups.items():
+        labels = {member.label for member in members}
+        group_label = "covid" if "covid" in labels else "pneumonia" if "pneumonia" in labels else "normal"
+        strata[(members[0].origin, group_label)].append(group)
+    return groups, strata
+
+
 def split_by_patient(
     rows: Iterable[Row], *, seed: int = 1337, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> dict[str, str]:
@@ -96,14 +109,7 @@ def split_by_patient(
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
-    groups: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        groups[row.group].append(row)
-    strata: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for group, members in groups.items():
-        labels = {member.label for member in members}
-        group_label = "covid" if "covid" in labels else "pneumonia" if "pneumonia" in labels else "normal"
-        strata[(members[0].origin, group_label)].append(group)
+    groups, strata = _strata(rows)
     rng = random.Random(seed)
     assignment: dict[str, str] = {}
     for key in sorted(strata):
@@ -124,6 +130,33 @@ def split_by_patient(
             for member in groups[name]:
                 assignment[member.file] = chosen
     return assignment
+
+
+def fold_split(
+    assignment: dict[str, str], rows: Sequence[Row], *, folds: int, fold: int, seed: int
+) -> dict[str, str]:
+    """The split with its train and val images regrouped into `folds` patient-disjoint folds, stratified
+    like the split and seeded: fold `fold` (0-based) becomes val, the others train; test stays test, so
+    cross-validation never reads the test split. Each stratum's groups go, shuffled, to the fold that holds
+    the fewest of the stratum's images so far."""
+    if folds < 2 or not 0 <= fold < folds:
+        raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got fold {fold} of {folds}")
+    pool = [row for row in rows if assignment[row.file] in ("train", "val")]
+    groups, strata = _strata(pool)
+    rng = random.Random(seed)
+    of_group: dict[str, int] = {}
+    for key in sorted(strata):
+        names = sorted(strata[key])
+        rng.shuffle(names)
+        filled = [0] * folds
+        for name in names:
+            chosen = min(range(folds), key=lambda index: (filled[index], index))
+            filled[chosen] += len(groups[name])
+            of_group[name] = chosen
+    regrouped = dict(assignment)
+    for row in pool:
+        regrouped[row.file] = "val" if of_group[row.group] == fold else "train"
+    return regrouped
 
 
 def write_split(path: Path, rows: Sequence[Row], assignment: dict[str, str]) -> None:

@@ -16,6 +16,7 @@ within-source validation AUROC, not on overall AUROC, which the shortcut alone c
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import shlex
@@ -34,6 +35,7 @@ from export.dataset import (
     LABELS_BINARY,
     LABELS_THREE,
     Row,
+    fold_split,
     read_manifest,
     split_by_patient,
     target,
@@ -99,6 +101,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="probability of burning synthetic letters, digits, arrows and circles into a training image "
         "of any class (paper figures carry them, hospital films mostly do not)",
+    )
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=0,
+        help="cross-validation: regroup train+val into this many patient-disjoint folds (test untouched)",
+    )
+    parser.add_argument(
+        "--fold", type=int, default=0, help="with --folds: the fold (0-based) held out as val"
     )
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
@@ -350,6 +361,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     split = split_by_patient(
         rows, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction
     )
+    if args.folds:
+        split = fold_split(split, rows, folds=args.folds, fold=args.fold, seed=args.seed)
     write_split(out / "split.csv", rows, split)
     train_rows = [r for r in rows if split[r.file] == "train"]
     val_rows = [r for r in rows if split[r.file] == "val"]
@@ -504,6 +517,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "train_seconds": round(time.monotonic() - started, 1),
         "epochs_run": len(history),
     }
+    write_val_predictions(out / "val_predictions.csv", val_examples, best_val_scores, val_scores)
     (out / "history.json").write_text(json.dumps(history, indent=2))
     (out / "train.json").write_text(json.dumps(summary, indent=2))
     plot_curves(history, out / "curves.png")
@@ -516,6 +530,20 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         summary["train_seconds"],
     )
     return summary
+
+
+def write_val_predictions(
+    path: Path, examples: Sequence[Example], selected: np.ndarray, last: np.ndarray
+) -> None:
+    """Validation scores of the saved (selected) model and of the last epoch, for pooling over folds."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "origin", "target", "score_selected", "score_last"])
+        for example, chosen, final in zip(examples, selected, last, strict=True):
+            row = example.row
+            writer.writerow(
+                [row.file, row.label, row.origin, example.target, f"{chosen:.6f}", f"{final:.6f}"]
+            )
 
 
 def _crop_stats(examples: Sequence[Example]) -> dict[str, dict[str, int]]:

@@ -116,6 +116,23 @@ def _ensemble() -> Handler:
     return main
 
 
+def _crossval_flags(parser: argparse.ArgumentParser) -> None:
+    from export.crossval import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "crossval",
+    "train one recipe on K patient-disjoint folds of train+val and pool the out-of-fold scores (test untouched)",
+    _crossval_flags,
+)
+def _crossval() -> Handler:
+    from export.crossval import main
+
+    return main
+
+
 def _evaluate_flags(parser: argparse.ArgumentParser) -> None:
     from export.evaluate import add_flags
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.dataset import ManifestError, read_manifest, split_by_patient, target
+from export.dataset import ManifestError, fold_split, read_manifest, split_by_patient, target
 
 
 def _patient_splits(rows: list, split: dict[str, str]) -> dict[str, set[str]]:
@@ -43,6 +43,24 @@ def test_real_split_is_patient_disjoint_and_stratified(real_manifest: Path) -> N
         members = [r for r in rows if r.label == label]
         share = sum(split[r.file] == "test" for r in members) / len(members)
         assert 0.10 <= share <= 0.20, (label, share)
+
+
+def test_folds_partition_train_and_val_by_patient_and_leave_test_alone(real_manifest: Path) -> None:
+    rows = read_manifest(real_manifest)
+    split = split_by_patient(rows)
+    folds = [fold_split(split, rows, folds=3, fold=k, seed=1337) for k in range(3)]
+    for fold in folds:
+        assert {f for f, s in fold.items() if s == "test"} == {f for f, s in split.items() if s == "test"}
+        assert all(len(s) == 1 for s in _patient_splits(rows, fold).values())
+    held_out = [{f for f, s in fold.items() if s == "val"} for fold in folds]
+    pool = {f for f, s in split.items() if s in ("train", "val")}
+    assert set.union(*held_out) == pool and sum(map(len, held_out)) == len(pool)  # each image out once
+    ieee_negatives = [
+        sum(r.origin == "ieee8023" and r.label != "covid" for r in rows if r.file in out) for out in held_out
+    ]
+    assert max(ieee_negatives) - min(ieee_negatives) <= 4, ieee_negatives  # stratified, not by luck
+    with pytest.raises(ValueError, match="folds"):
+        fold_split(split, rows, folds=3, fold=3, seed=1)
 
 
 def test_bad_manifests_fail_clearly(tmp_path: Path) -> None:

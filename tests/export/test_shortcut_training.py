@@ -119,3 +119,23 @@ def test_tiny_run_with_adversary_and_annotations_exports_only_the_classifier(
     assert cxr(export) == 0
     card = json.loads((repo / "tiny-adv" / "1" / "card.json").read_text())
     assert card["export"]["parity_max_abs_diff"] <= 1e-4
+
+
+def test_crossval_pools_out_of_fold_scores_without_reading_test(
+    synthetic_manifest: Path, tmp_path: Path
+) -> None:
+    from export.dataset import read_split
+
+    out = tmp_path / "cv"
+    args = ["crossval", "--manifest", str(synthetic_manifest), "--arch", "compact", "--epochs", "1",
+            "--input-size", "64", "--segmenter", "none", "--out", str(out), "--batch-size", "16",
+            "--folds", "2"]  # fmt: skip
+    assert cxr(args) == 0
+    result = json.loads((out / "crossval.json").read_text())
+    splits = [read_split(out / f"fold-{k}" / "split.csv") for k in range(2)]
+    test = {f for f, s in splits[0].items() if s == "test"}
+    assert test and test == {f for f, s in splits[1].items() if s == "test"}
+    assert result["images"] == len(splits[0]) - len(test)  # every train+val image scored once, no test image
+    pooled = result["score_last"]["pooled"]
+    assert 0.0 <= pooled["overall"]["auroc"] <= 1.0 and pooled["within_source"]["negatives"] > 0
+    assert len(result["score_selected"]["per_fold"]) == 2
