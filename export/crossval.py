@@ -2,11 +2,11 @@
 
 Why: the validation split holds 13 non-COVID ieee8023 images, so its within-source AUROC moves by about
 ±0.07 from sampling alone, too much to choose between training recipes. Over K folds every train+val image
-is scored once by a model that did not train on it (73 non-COVID ieee8023 images, 278 COVID), which
-narrows that to about ±0.035. The test split is never read: `fold_split` leaves it out of every fold.
+is scored once by a model that did not train on it (73 non-COVID ieee8023 images, 278 COVID). Confidence
+intervals resample patients, not images (follow-up films of one patient are not independent). The test split is never read: `fold_split` leaves it out of every fold.
 
-Scores are pooled two ways: at the last epoch (a fixed budget, so nothing was chosen on the images being
-scored: the figure to compare recipes by) and at each fold's selected epoch (chosen on those same images,
+Scores are pooled two ways: at the last epoch (every fold trains the full `--epochs`, early stopping
+off, so nothing was chosen on the images being scored: the figure to compare recipes by) and at each fold's selected epoch (chosen on those same images,
 so optimistic; shown beside it). Pooling assumes the folds' models score on a comparable scale; the mean
 of the per-fold AUROCs, which does not, is reported too.
 """
@@ -20,12 +20,13 @@ import json
 import logging
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.metrics import auroc, bootstrap_auroc_ci
+from export.metrics import auroc, bootstrap_ci, mixed_origins, origin_gap, origin_gap_pairs
 
 logger = logging.getLogger(__name__)
 SCORES = ("score_last", "score_selected")
@@ -38,31 +39,61 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(folds=3)
 
 
-def _auroc_with_ci(targets: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    value = auroc(targets, scores)
-    interval = bootstrap_auroc_ci(targets, scores) if value is not None else None
+def _measure(
+    statistic: Callable[[np.ndarray], float | None],
+    strata: np.ndarray,
+    groups: np.ndarray,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    interval = bootstrap_ci(statistic, strata, groups)
     return {
-        "auroc": value,
+        "auroc": statistic(np.arange(len(strata))),
         "ci95": list(interval) if interval else None,
-        "positives": int(targets.sum()),
-        "negatives": int((~targets).sum()),
+        **counts,
     }
 
 
 def measures(records: list[dict[str, str]], column: str) -> dict[str, Any]:
-    """Overall AUROC, within-source AUROC (origins with both classes) and the source gap (non-COVID images
-    of COVID-bearing origins against other non-COVID images; 0.5 = no trace of the origin), with CIs."""
-    targets = np.array([record["target"] == "1" for record in records])
+    """Overall AUROC, within-source AUROC (origins with both classes) and the origin gap (export.metrics:
+    0.5 = no trace of the origin among negatives of the same label), each with a 95% CI from resampling
+    patients within each class."""
+    covid = np.array([record["label"] == "covid" for record in records])
     scores = np.array([float(record[column]) for record in records])
     origins = np.array([record["origin"] for record in records])
-    covid_origins = sorted(set(origins[targets]))
-    mixed = [o for o in covid_origins if (~targets[origins == o]).any()]
-    within = np.isin(origins, mixed)
-    negatives = ~targets
+    labels = np.array([record["label"] for record in records])
+    patients = np.array([record["patient"] for record in records])
+    within = np.flatnonzero(mixed_origins(covid, origins))
+    inside, _, counted = origin_gap_pairs(covid, origins, labels)
+
+    def overall(index: np.ndarray) -> float | None:
+        return auroc(covid[index], scores[index])
+
+    def within_source(index: np.ndarray) -> float | None:
+        return auroc(covid[within[index]], scores[within[index]])
+
+    gap_rows = np.flatnonzero(counted)
+
+    def gap(index: np.ndarray) -> float | None:
+        rows = gap_rows[index]
+        return origin_gap(covid[rows], origins[rows], labels[rows], scores[rows])
+
     return {
-        "overall": _auroc_with_ci(targets, scores),
-        "within_source": _auroc_with_ci(targets[within], scores[within]),
-        "source_gap": _auroc_with_ci(np.isin(origins[negatives], covid_origins), scores[negatives]),
+        "overall": _measure(
+            overall, covid, patients, {"covid": int(covid.sum()), "other": int((~covid).sum())}
+        ),
+        "within_source": _measure(
+            within_source,
+            covid[within],
+            patients[within],
+            {"covid": int(covid[within].sum()), "other": int((~covid[within]).sum())},
+        ),
+        "source_gap": _measure(
+            gap,
+            # strata: (origin side, label), so every cell keeps its size
+            np.char.add(inside[gap_rows].astype(str), labels[gap_rows]),
+            patients[gap_rows],
+            {"covid_origin": int(inside[gap_rows].sum()), "other_origin": int((~inside[gap_rows]).sum())},
+        ),
     }
 
 
@@ -78,13 +109,14 @@ def pool(fold_dirs: list[Path]) -> dict[str, Any]:
     result: dict[str, Any] = {"images": len(files)}
     for column in SCORES:
         per_fold = [measures(fold, column) for fold in folds]
+        means = {}
+        for name in ("overall", "within_source", "source_gap"):
+            values = [m[name]["auroc"] for m in per_fold if m[name]["auroc"] is not None]
+            means[name] = float(np.mean(values)) if values else None
         result[column] = {
             "pooled": measures([record for fold in folds for record in fold], column),
             "per_fold": per_fold,
-            "mean_of_folds": {
-                name: float(np.mean([m[name]["auroc"] for m in per_fold if m[name]["auroc"] is not None]))
-                for name in ("overall", "within_source", "source_gap")
-            },
+            "mean_of_folds": means,
         }
     return result
 
@@ -99,7 +131,8 @@ def crossval(args: argparse.Namespace) -> dict[str, Any]:
     fold_dirs = []
     for fold in range(args.folds):
         fold_args = copy.copy(args)
-        fold_args.fold, fold_args.out = fold, str(out / f"fold-{fold}")
+        # A fixed budget: with early stopping the last epoch would be chosen on the held-out fold itself.
+        fold_args.fold, fold_args.out, fold_args.patience = fold, str(out / f"fold-{fold}"), args.epochs
         logger.info("fold %d of %d", fold + 1, args.folds)
         train(fold_args)
         fold_dirs.append(Path(fold_args.out))

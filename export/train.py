@@ -41,7 +41,7 @@ from export.dataset import (
     target,
     write_split,
 )
-from export.metrics import auroc, choose_threshold
+from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
 from service.decode import decode_file
 from service.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
 
@@ -176,7 +176,7 @@ def augment(
     """A randomly perturbed training input: synthetic annotations (with probability `annotations`) and
     photometric changes on the whole image, then a jittered, slightly rotated crop around the lung box."""
     image = example.pixels
-    if rng.random() < annotations:
+    if annotations > 0 and rng.random() < annotations:  # no draw when off: older runs' streams reproduce
         image = annotate(image, example.geometry.box, rng)
     if rng.random() < 0.5:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 95))])
@@ -244,31 +244,34 @@ def sample_weights(examples: Sequence[Example], source_balance: float) -> np.nda
     return weights.astype(np.float32)
 
 
+def _columns(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(is COVID, origin, manifest label) per example, for the metrics in export.metrics."""
+    return (
+        np.array([e.row.label == "covid" for e in examples]),
+        np.array([e.row.origin for e in examples]),
+        np.array([e.row.label for e in examples]),
+    )
+
+
 def origin_targets(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]:
     """The adversary's task: (1 for a non-COVID image from a COVID-bearing origin, else 0; weights). Only
-    non-COVID images count, each origin carrying half the weight, so the features are pushed to say
-    nothing about where a negative came from, which is the source shortcut (COVID images all come from
-    one origin, so telling origins apart among negatives is what the shortcut needs)."""
-    targets = np.array([e.target for e in examples])
-    positive = targets.max()
-    origins = np.array([e.row.origin for e in examples])
-    covid_origins = list({o for o, t in zip(origins, targets, strict=True) if t == positive})
-    negative = targets != positive
-    inside = negative & np.isin(origins, covid_origins)
-    outside = negative & ~inside
+    non-COVID images count, and within each non-COVID label both origins carry the same weight (each
+    label's cell weighted by its share of the negatives), so the features are pushed to say nothing about
+    where a negative came from (the source shortcut: COVID images all come from one origin) without being
+    pushed away from pneumonia, which ieee8023's negatives mostly are and NIH's only half."""
+    inside, labels, counted = origin_gap_pairs(*_columns(examples))
     weights = np.zeros(len(examples), dtype=np.float32)
-    if inside.any() and outside.any():
-        weights[inside] = 0.5 * negative.sum() / inside.sum()
-        weights[outside] = 0.5 * negative.sum() / outside.sum()
+    for label in set(labels[counted]):
+        cell = counted & (labels == label)
+        weights[cell & inside] = 0.5 * cell.sum() / (cell & inside).sum()
+        weights[cell & ~inside] = 0.5 * cell.sum() / (cell & ~inside).sum()
     return inside.astype(np.float32), weights
 
 
 def source_gap_auroc(examples: Sequence[Example], scores: np.ndarray) -> float | None:
-    """AUROC of the COVID score for non-COVID images from COVID-bearing origins against other non-COVID
-    images: 0.5 when the score carries no trace of the origin among negatives, 1.0 for the pure shortcut."""
-    inside, weights = origin_targets(examples)
-    keep = weights > 0
-    return auroc(inside[keep] > 0, scores[keep]) if keep.any() else None
+    """export.metrics.origin_gap of the examples' COVID scores: 0.5 when the score carries no trace of
+    the origin among negatives of the same label, 1.0 for the pure shortcut."""
+    return origin_gap(*_columns(examples), scores)
 
 
 def average_weights(
@@ -293,11 +296,9 @@ def positive_scores(logits: np.ndarray, labels: Sequence[str]) -> np.ndarray:
 
 def within_source_auroc(examples: Sequence[Example], scores: np.ndarray) -> float | None:
     """AUROC among images of origins that have both classes (ieee8023): what the source cue cannot explain."""
-    targets = np.array([e.target == max(x.target for x in examples) for e in examples])
-    origins = np.array([e.row.origin for e in examples])
-    mixed = [o for o in set(origins) if targets[origins == o].any() and (~targets[origins == o]).any()]
-    keep = np.isin(origins, mixed)
-    return auroc(targets[keep], scores[keep]) if keep.any() else None
+    covid, origins, _ = _columns(examples)
+    keep = mixed_origins(covid, origins)
+    return auroc(covid[keep], scores[keep]) if keep.any() else None
 
 
 def adversarial_model(model: Any, loss: Any) -> tuple[Any, Any]:
@@ -361,6 +362,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     split = split_by_patient(
         rows, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction
     )
+    if args.epochs < 1:
+        raise ValueError("--epochs must be at least 1")
+    if args.fold and not args.folds:
+        raise ValueError("--fold needs --folds")
     if args.folds:
         split = fold_split(split, rows, folds=args.folds, fold=args.fold, seed=args.seed)
     write_split(out / "split.csv", rows, split)
@@ -444,7 +449,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         score = (val_auc + val_within) / 2 if val_within is not None else val_auc
         record = {
             "epoch": epoch,
-            "loss": float(fit.history["head_loss" if strength is not None else "loss"][-1]),
+            "loss": float(
+                fit.history[f"{fitted.output_names[0]}_loss" if strength is not None else "loss"][-1]
+            ),
             "val_loss": val_loss,
             "accuracy": float(np.mean((train_scores >= 0.5) == (train_t == positive))),
             "val_accuracy": float(np.mean((val_scores >= 0.5) == (val_t == positive))),
@@ -538,12 +545,10 @@ def write_val_predictions(
     """Validation scores of the saved (selected) model and of the last epoch, for pooling over folds."""
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", "origin", "target", "score_selected", "score_last"])
+        writer.writerow(["file", "label", "origin", "patient", "score_selected", "score_last"])
         for example, chosen, final in zip(examples, selected, last, strict=True):
             row = example.row
-            writer.writerow(
-                [row.file, row.label, row.origin, example.target, f"{chosen:.6f}", f"{final:.6f}"]
-            )
+            writer.writerow([row.file, row.label, row.origin, row.group, f"{chosen:.6f}", f"{final:.6f}"])
 
 
 def _crop_stats(examples: Sequence[Example]) -> dict[str, dict[str, int]]:

@@ -6,6 +6,7 @@ whole by every `cxr bench` (never edited by hand).
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,7 @@ def _limit_check(results: dict[str, Any], service_peak: float | None) -> list[di
     pairs = _pairs(results)
     if not pairs:
         return [best]
-    ratios = sorted(service / limit for service, limit in pairs)
-    middle = len(ratios) // 2
-    median = ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+    median = statistics.median(service / limit for service, limit in pairs)
     shown = ", ".join(f"{service:.1f}/{limit:.1f}" for service, limit in pairs)
     return [
         {
@@ -242,9 +241,10 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         f"{results['settings']['open_fractions_of_service_peak']} x the service's closed-loop peak (fixed arrival "
         f"times; latency from the scheduled time); {results['settings']['warmup_s']:g} s warm-up, "
         f"{results['settings']['duration_s']:g} s measured per level. Latency percentiles are over correct answers; "
-        "a wrong or malformed answer counts as an error. Every target's best closed-loop level is measured again "
-        "(`again` in the tables; the service's several times, each right after a round of the in-process limit) and "
-        "its peak is the best of those, as the in-process limit is the best of its rounds.",
+        "a wrong or malformed answer counts as an error. Every target's best closed-loop level is measured "
+        f"{results['settings'].get('pairs', 1)} more time(s) (`again` in the tables; each of the service's next to a "
+        "round of the in-process limit, alternately before and after) and its peak is the best of those, as the "
+        "in-process limit is the best of its rounds.",
         "",
         "## Acceptance",
         "",
@@ -268,9 +268,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         "Decode + preprocess + ONNX Runtime in a tight loop, no HTTP. The first rows use the service's thread "
         "budget (the limit is the best of them); the others undo one optimization each. Each figure is the best "
-        "of interleaved rounds, each as long as one load level, run before the HTTP targets; the service-budget "
-        "rows also count the rounds run right before each repeat of the service's peak level (the pairs of the "
-        "acceptance table).",
+        "of interleaved rounds, each as long as one load level, run before the HTTP targets.",
         "",
         "| configuration | decode threads | intra-op threads | batch | images/s |",
         "|---|---|---|---|---|",
@@ -279,6 +277,16 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
             for v in limit["variants"]
         ],
         "",
+        *(
+            [
+                "Rounds paired with the service's repeats (the acceptance pairs): "
+                + ", ".join(f"{p['images_per_s']:.1f}" for p in limit["paired"])
+                + f" images/s ({limit['paired'][0]['configuration']}).",
+                "",
+            ]
+            if limit.get("paired")
+            else []
+        ),
         "## Closed loop (concurrency sweep)",
         "",
         *_table(results["runs"], "closed"),

@@ -192,10 +192,10 @@ def _command(
 def measure_targets(
     plan: Plan, paired: Callable[[], float] | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every target's sweeps (service first) and the service's overload checks. After the service's
-    closed-loop sweep, its peak level is measured `plan.pairs` more times, each right after a call of
-    `paired` (a round of the in-process limit, returning its images/s), so that each service measurement
-    has a limit measured next to it in time."""
+    """Every target's sweeps (service first) and the service's overload checks. After each closed-loop
+    sweep, the best level is measured `plan.pairs` more times; for the service each of those has a call of
+    `paired` (a round of the in-process limit, returning its images/s) right before or after it, so that
+    each service measurement has a limit measured next to it in time."""
     order = sorted(plan.targets, key=lambda name: name != "service")
     runs: list[Summary] = []
     checks: dict[str, Any] = {}
@@ -213,10 +213,17 @@ def measure_targets(
             # Every target's best level runs a second time and its peak is the better of the two, as the
             # in-process limit is the best of its rounds: one 8 s window on a shared machine varies by ~10 %.
             best = max(closed, key=lambda s: s.images_per_s)
+            # Every target's best level runs `plan.pairs` more times and its peak is the best of them, as
+            # the in-process limit is the best of its rounds: one 8 s window on a shared machine varies by
+            # ~10 %. The service's repeats each have a limit round next to them, alternately before and
+            # after, so a steady drift does not lean every pair the same way.
             pairing = paired if name == "service" else None
-            for _ in range(plan.pairs if pairing is not None else 1):
-                limit_rate = pairing() if pairing is not None else None
+            for index in range(plan.pairs):
+                limit_first = index % 2 == 0
+                limit_rate = pairing() if pairing is not None and limit_first else None
                 again = sweep(plan, name, generator, clients=[int(best.level)], rates=[], server=server)
+                if pairing is not None and not limit_first:
+                    limit_rate = pairing()
                 for summary in again:
                     summary.repeat, summary.paired_limit = True, limit_rate
                 closed += again

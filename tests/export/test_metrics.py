@@ -8,9 +8,11 @@ import pytest
 from export.metrics import (
     auroc,
     bootstrap_auroc_ci,
+    bootstrap_ci,
     choose_threshold,
     expected_calibration_error,
     operating_point,
+    origin_gap,
 )
 
 
@@ -29,6 +31,33 @@ def test_bootstrap_ci_brackets_the_estimate() -> None:
     scores = rng.random(200) + truth * 0.5
     low, high = bootstrap_auroc_ci(truth, scores, resamples=500)  # type: ignore[misc]
     assert low < auroc(truth, scores) < high  # type: ignore[operator]
+
+
+def test_patient_bootstrap_is_wider_than_the_image_bootstrap_for_follow_up_films() -> None:
+    rng = np.random.default_rng(2)
+    truth = np.repeat(rng.random(40) < 0.5, 6)  # 40 patients, 6 near-identical films each
+    scores = np.repeat(rng.random(40), 6) + truth * 0.3 + rng.normal(0, 0.01, 240)
+    patients = np.repeat(np.arange(40), 6)
+
+    def statistic(index: np.ndarray) -> float | None:
+        return auroc(truth[index], scores[index])
+
+    by_patient = bootstrap_ci(statistic, truth, patients, resamples=400)
+    by_image = bootstrap_ci(statistic, truth, np.arange(240), resamples=400)
+    assert by_patient is not None and by_image is not None
+    assert by_patient[0] < statistic(np.arange(240)) < by_patient[1]  # type: ignore[operator]
+    assert by_patient[1] - by_patient[0] > 1.5 * (by_image[1] - by_image[0])
+    assert bootstrap_ci(lambda index: None, truth, patients) is None
+
+
+def test_origin_gap_is_a_label_stratified_auroc() -> None:
+    covid = np.array([1, 0, 0, 0, 0, 0, 0], bool)
+    origins = np.array(["a", "a", "a", "b", "b", "b", "b"])
+    labels = np.array(["covid", "pneumonia", "normal", "pneumonia", "pneumonia", "normal", "normal"])
+    # pneumonia cell: a's 0.7 beats one of b's two (0.5, 0.9); normal cell: a's 0.3 beats both (0.1, 0.2)
+    scores = np.array([0.9, 0.7, 0.3, 0.5, 0.9, 0.1, 0.2])
+    assert origin_gap(covid, origins, labels, scores) == pytest.approx((0.5 * 2 + 1.0 * 2) / 4)
+    assert origin_gap(covid, np.array(["a"] * 7), labels, scores) is None
 
 
 def test_threshold_rule_keeps_sensitivity_and_maximises_specificity() -> None:
