@@ -316,9 +316,9 @@ def adversarial_model(model: Any, loss: Any) -> tuple[Any, Any]:
         raise ValueError("--adversary needs an architecture with a global-average-pooling head") from None
     strength = keras.Variable(0.0, trainable=False, name="reversal_strength")
 
-    class GradientReversal(layers.Layer):
+    class GradientReversal(layers.Layer):  # type: ignore[misc]  # keras is untyped
         def call(self, inputs: Any) -> Any:
-            @tf.custom_gradient  # type: ignore[misc]
+            @tf.custom_gradient
             def reverse(tensor: Any) -> Any:
                 return tf.identity(tensor), lambda upstream: -strength * upstream
 
