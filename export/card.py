@@ -37,6 +37,20 @@ def _metrics_section(split: str, evaluation: dict[str, Any]) -> list[str]:
     for name, m in evaluation.get("per_source", {}).items():
         lines.append(_row(f"source `{name}`", m))
     matrix = evaluation["overall"]["confusion_matrix"]
+    gap = evaluation.get("origin_gap") or {}
+    if gap.get("value") is not None:
+        ci = gap.get("ci95")
+        lines += [
+            "",
+            f"**Origin gap** {_f(gap['value'])}"
+            + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+            + f": the chance that one of the {gap['covid_origin_negatives']} non-COVID images from the COVID "
+            f"source scores above one of the {gap['other_negatives']} non-COVID images of the same label "
+            "(normal or pneumonia) from elsewhere. 0.5 would mean the score carries no trace of where a negative "
+            "came from; 1.0 is the pure source shortcut.",
+        ]
+    if evaluation["overall"].get("auroc_ci_resamples") == "patients":
+        lines += ["", "Confidence intervals: 2,000 bootstrap resamples of patients within each class."]
     lines += [
         "",
         f"Confusion matrix at threshold {_f(evaluation['threshold'], 4)}: TN {matrix['tn']}, FP {matrix['fp']}, "

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from export.metrics import auroc, bootstrap_ci, mixed_origins, origin_gap, origin_gap_pairs
+from export.metrics import auroc, bootstrap_ci, mixed_origins, origin_gap_with_ci
 
 logger = logging.getLogger(__name__)
 SCORES = ("score_last", "score_selected")
@@ -63,7 +63,6 @@ def measures(records: list[dict[str, str]], column: str) -> dict[str, Any]:
     labels = np.array([record["label"] for record in records])
     patients = np.array([record["patient"] for record in records])
     within = np.flatnonzero(mixed_origins(covid, origins))
-    inside, _, counted = origin_gap_pairs(covid, origins, labels)
 
     def overall(index: np.ndarray) -> float | None:
         return auroc(covid[index], scores[index])
@@ -71,12 +70,7 @@ def measures(records: list[dict[str, str]], column: str) -> dict[str, Any]:
     def within_source(index: np.ndarray) -> float | None:
         return auroc(covid[within[index]], scores[within[index]])
 
-    gap_rows = np.flatnonzero(counted)
-
-    def gap(index: np.ndarray) -> float | None:
-        rows = gap_rows[index]
-        return origin_gap(covid[rows], origins[rows], labels[rows], scores[rows])
-
+    gap = origin_gap_with_ci(covid, origins, labels, scores, patients)
     return {
         "overall": _measure(
             overall, covid, patients, {"covid": int(covid.sum()), "other": int((~covid).sum())}
@@ -87,13 +81,7 @@ def measures(records: list[dict[str, str]], column: str) -> dict[str, Any]:
             patients[within],
             {"covid": int(covid[within].sum()), "other": int((~covid[within]).sum())},
         ),
-        "source_gap": _measure(
-            gap,
-            # strata: (origin side, label), so every cell keeps its size
-            np.char.add(inside[gap_rows].astype(str), labels[gap_rows]),
-            patients[gap_rows],
-            {"covid_origin": int(inside[gap_rows].sum()), "other_origin": int((~inside[gap_rows]).sum())},
-        ),
+        "source_gap": {"auroc": gap.pop("value"), **gap},
     }
 
 

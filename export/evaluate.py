@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from export.dataset import ManifestError, Row, read_manifest, read_split
-from export.metrics import by_group, summarize
+from export.metrics import by_group, origin_gap_with_ci, summarize
 from service.decode import decode_file
 from service.errors import CxrError
 from service.model import OnnxModel, load_default
@@ -115,20 +115,25 @@ def evaluate(model: OnnxModel, rows: Sequence[Row], out: Path) -> dict[str, Any]
     threshold = model.card.threshold
     sources = [s.row.source for s in scored]
     origins = [s.row.origin for s in scored]
-    per_source = by_group(truth, scores, sources, threshold)
-    within = {
-        name: value
-        for name, value in by_group(truth, scores, origins, threshold).items()
-        if value["positives"] and value["negatives"]
-    }
+    patients = [s.row.group for s in scored]
+    per_source = by_group(truth, scores, sources, threshold, patients=patients)
+    per_origin = by_group(truth, scores, origins, threshold, patients=patients)
+    within = {name: value for name, value in per_origin.items() if value["positives"] and value["negatives"]}
     metrics: dict[str, Any] = {
         "notice": NOTICE,
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
         "threshold": threshold,
-        "overall": summarize(truth, scores, threshold),
+        "overall": summarize(truth, scores, threshold, patients=patients),
         "per_source": per_source,
-        "per_origin": by_group(truth, scores, origins, threshold),
+        "per_origin": per_origin,
         "within_source": within,
+        "origin_gap": origin_gap_with_ci(
+            truth,
+            np.array(origins),
+            np.array([s.row.label for s in scored]),
+            scores,
+            np.array(patients),
+        ),
         "per_label": {
             label: {
                 "n": int(sum(1 for s in scored if s.row.label == label)),
@@ -184,6 +189,16 @@ def _write_report(metrics: dict[str, Any], path: Path) -> None:
         lines.append(line(f"source {name}", m))
     for name, m in metrics["within_source"].items():
         lines.append(line(f"within-source {name}", m))
+    gap = metrics.get("origin_gap") or {}
+    if gap.get("value") is not None:
+        ci = gap["ci95"]
+        lines += [
+            "",
+            f"origin gap {gap['value']:.3f}"
+            + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            + f" ({gap['covid_origin_negatives']} non-covid images from covid-bearing origins vs "
+            f"{gap['other_negatives']} of the same labels from elsewhere; 0.5 = no trace of the origin)",
+        ]
     lines += ["", f"errors: {len(metrics['errors'])}"]
     path.write_text("\n".join(lines) + "\n")
 

@@ -54,11 +54,11 @@ def mixed_origins(positive: np.ndarray, origins: np.ndarray) -> np.ndarray:
 
 def origin_gap_pairs(
     positive: np.ndarray, origins: np.ndarray, labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The origin gap's comparison: (negatives from COVID-bearing origins, label cell, mask of the
-    negatives in a cell that has both sides). Cells are the non-COVID labels (normal, pneumonia), so a
-    score that rises with pneumonia, which ieee8023's negatives mostly are (74 of 85, against half of
-    NIH's), is not mistaken for a trace of the origin."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The origin gap's comparison: (negatives from COVID-bearing origins, mask of the negatives in a label
+    cell that has both sides). Cells are the non-COVID labels (normal, pneumonia), so a score that rises
+    with pneumonia, which ieee8023's negatives mostly are (74 of 85, against half of NIH's), is not
+    mistaken for a trace of the origin."""
     positive, origins, labels = np.asarray(positive).astype(bool), np.asarray(origins), np.asarray(labels)
     inside = ~positive & np.isin(origins, list(set(origins[positive])))
     counted = np.zeros(len(positive), dtype=bool)
@@ -66,7 +66,20 @@ def origin_gap_pairs(
         cell = ~positive & (labels == label)
         if inside[cell].any() and (~inside[cell]).any():
             counted |= cell
-    return inside, labels, counted
+    return inside, counted
+
+
+def stratified_auroc(inside: np.ndarray, cells: np.ndarray, scores: np.ndarray) -> float | None:
+    """AUROC of `inside` against the rest within each cell, the cells weighted by their number of pairs
+    (cells without both sides count nothing); None without any pair."""
+    total = pairs = 0.0
+    for cell_name in set(cells):
+        cell = cells == cell_name
+        value = auroc(inside[cell], scores[cell])
+        if value is not None:
+            weight = float(inside[cell].sum() * (~inside[cell]).sum())
+            total, pairs = total + value * weight, pairs + weight
+    return total / pairs if pairs else None
 
 
 def origin_gap(
@@ -74,17 +87,9 @@ def origin_gap(
 ) -> float | None:
     """The chance that a non-COVID image from a COVID-bearing origin scores above a non-COVID image of the
     same label from elsewhere (ties half): 0.5 when the score carries no trace of the origin among
-    negatives, 1.0 for the pure source shortcut; None without such pairs. A label-stratified AUROC (the
-    cells' AUROCs weighted by their number of pairs)."""
-    inside, labels, counted = origin_gap_pairs(positive, origins, labels)
-    total = pairs = 0.0
-    for label in set(labels[counted]):
-        cell = counted & (labels == label)
-        value = auroc(inside[cell], scores[cell])
-        weight = float(inside[cell].sum() * (~inside[cell]).sum())
-        if value is not None:
-            total, pairs = total + value * weight, pairs + weight
-    return total / pairs if pairs else None
+    negatives, 1.0 for the pure source shortcut; None without such pairs."""
+    inside, counted = origin_gap_pairs(positive, origins, labels)
+    return stratified_auroc(inside[counted], np.asarray(labels)[counted], np.asarray(scores)[counted])
 
 
 def bootstrap_ci(
@@ -189,27 +194,73 @@ def operating_point(y_true: np.ndarray, scores: np.ndarray, threshold: float) ->
     }
 
 
-def summarize(y_true: np.ndarray, scores: np.ndarray, threshold: float, *, seed: int = 0) -> dict[str, Any]:
-    """Everything for one set: counts, AUROC with 95% CI, operating point, calibration."""
+def summarize(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    *,
+    seed: int = 0,
+    patients: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Everything for one set: counts, AUROC with 95% CI, operating point, calibration. With `patients`,
+    the CI resamples patients (their follow-up films are not independent); without, images."""
     y_true = np.asarray(y_true).astype(bool)
     value = auroc(y_true, scores)
-    ci = bootstrap_auroc_ci(y_true, scores, seed=seed) if value is not None else None
+    if value is None:
+        ci = None
+    elif patients is None:
+        ci = bootstrap_auroc_ci(y_true, scores, seed=seed)
+    else:
+        ci = bootstrap_ci(
+            lambda index: auroc(y_true[index], scores[index]), y_true, np.asarray(patients), seed=seed
+        )
     return {
         "n": len(y_true),
         "positives": int(y_true.sum()),
         "negatives": int((~y_true).sum()),
         "auroc": value,
         "auroc_ci95": list(ci) if ci else None,
+        "auroc_ci_resamples": "patients" if patients is not None else "images",
         **operating_point(y_true, scores, threshold),
         "ece": expected_calibration_error(y_true, scores),
     }
 
 
 def by_group(
-    y_true: np.ndarray, scores: np.ndarray, groups: Sequence[str], threshold: float
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    groups: Sequence[str],
+    threshold: float,
+    *,
+    patients: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     groups_array = np.asarray(groups)
+    patient_array = np.asarray(patients) if patients is not None else None
     return {
-        str(group): summarize(y_true[groups_array == group], scores[groups_array == group], threshold)
+        str(group): summarize(
+            y_true[groups_array == group],
+            scores[groups_array == group],
+            threshold,
+            patients=list(patient_array[groups_array == group]) if patient_array is not None else None,
+        )
         for group in sorted(set(groups))
+    }
+
+
+def origin_gap_with_ci(
+    positive: np.ndarray, origins: np.ndarray, labels: np.ndarray, scores: np.ndarray, patients: np.ndarray
+) -> dict[str, Any]:
+    """`origin_gap` with a 95% CI from resampling patients within each (origin side, label) cell."""
+    inside, counted = origin_gap_pairs(positive, origins, labels)
+    inside, cells, kept = inside[counted], np.asarray(labels)[counted], np.asarray(scores)[counted]
+
+    def statistic(index: np.ndarray) -> float | None:
+        return stratified_auroc(inside[index], cells[index], kept[index])
+
+    interval = bootstrap_ci(statistic, np.char.add(inside.astype(str), cells), np.asarray(patients)[counted])
+    return {
+        "value": statistic(np.arange(len(inside))),
+        "ci95": list(interval) if interval else None,
+        "covid_origin_negatives": int(inside.sum()),
+        "other_negatives": int((~inside).sum()),
     }

@@ -259,7 +259,8 @@ def origin_targets(examples: Sequence[Example]) -> tuple[np.ndarray, np.ndarray]
     label's cell weighted by its share of the negatives), so the features are pushed to say nothing about
     where a negative came from (the source shortcut: COVID images all come from one origin) without being
     pushed away from pneumonia, which ieee8023's negatives mostly are and NIH's only half."""
-    inside, labels, counted = origin_gap_pairs(*_columns(examples))
+    covid, origins, labels = _columns(examples)
+    inside, counted = origin_gap_pairs(covid, origins, labels)
     weights = np.zeros(len(examples), dtype=np.float32)
     for label in set(labels[counted]):
         cell = counted & (labels == label)

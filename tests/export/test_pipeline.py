@@ -152,6 +152,10 @@ def test_evaluate_and_predict_on_the_exported_model(exported: Path, synthetic_ma
     test_files = [f for f, s in read_split(model_dir / "split.csv").items() if s == "test"]
     assert metrics["overall"]["n"] == len(test_files)
     assert metrics["overall"]["auroc_ci95"] is not None
+    assert metrics["overall"]["auroc_ci_resamples"] == "patients"
+    gap = metrics["origin_gap"]  # defined exactly when both origins have non-covid images of one label
+    assert (gap["value"] is None) == (gap["covid_origin_negatives"] == 0 or gap["other_negatives"] == 0)
+    assert gap["value"] is None or 0.0 <= gap["value"] <= 1.0
     for name in ("roc.png", "confusion_matrix.png", "classification_report.txt", "cam_grid.png"):
         assert (out / name).stat().st_size > 0
     assert "evaluation" in json.loads((model_dir / "card.json").read_text())
