@@ -103,17 +103,20 @@ def bootstrap_ci(
 ) -> tuple[float, float] | None:
     """Percentile CI of `statistic(indices)` with whole groups (patients: follow-up films of one patient
     are not independent) resampled with replacement within each stratum (e.g. class), so every stratum
-    keeps its size in groups. None when the statistic is undefined on the data."""
+    keeps its size in groups. None when the statistic is undefined on the data or a stratum has fewer
+    than two groups."""
     if statistic(np.arange(len(strata))) is None:
         return None
     strata, groups = np.asarray(strata), np.asarray(groups)
     members = {
         stratum: [
             np.flatnonzero((strata == stratum) & (groups == group))
-            for group in set(groups[strata == stratum])
+            for group in np.unique(groups[strata == stratum])
         ]
-        for stratum in set(strata)
+        for stratum in np.unique(strata)
     }
+    if any(len(cells) < 2 for cells in members.values()):
+        return None  # a stratum of one patient would be resampled as itself: no interval to speak of
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(resamples):

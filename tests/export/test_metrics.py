@@ -48,6 +48,8 @@ def test_patient_bootstrap_is_wider_than_the_image_bootstrap_for_follow_up_films
     assert by_patient[0] < statistic(np.arange(240)) < by_patient[1]  # type: ignore[operator]
     assert by_patient[1] - by_patient[0] > 1.5 * (by_image[1] - by_image[0])
     assert bootstrap_ci(lambda index: None, truth, patients) is None
+    one_positive = np.where(np.arange(240) < 6, True, False)  # a single COVID patient
+    assert bootstrap_ci(statistic, one_positive, patients) is None
 
 
 def test_origin_gap_is_a_label_stratified_auroc() -> None:
