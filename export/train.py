@@ -2,7 +2,7 @@
 
 The run folder holds `model.keras`, `split.csv` (the patient-disjoint split, for audit), `history.json`,
 `curves.png` (loss, accuracy, AUROC; train vs validation), `train.json` (command, settings, timings,
-the validation threshold) and a copy of the lung segmenter. `cxr export` turns it into a model repository
+the validation threshold), `val_predictions.csv` (for `cxr crossval`) and a copy of the lung segmenter. `cxr export` turns it into a model repository
 entry; `cxr evaluate` measures it on the test split through the ONNX graph.
 
 Against the source shortcut (see the model card): the shared preprocessing crops to the lungs and applies
@@ -11,6 +11,9 @@ view) and not anatomy (no flips: the heart is on the left); non-COVID images fro
 (ieee8023) get a fixed share of the negative class's weight so the network must separate COVID from
 other pneumonias *within* that source; and checkpoints are selected on the mean of overall and
 within-source validation AUROC, not on overall AUROC, which the shortcut alone can push to ~1.
+Options, off by default because cross-validation did not show them helping (see the model card):
+`--adversary` (gradient reversal against the origin of non-COVID images) and `--annotations` (synthetic
+marks on every class). Every epoch logs the validation origin gap (export.metrics.origin_gap).
 """
 
 from __future__ import annotations
