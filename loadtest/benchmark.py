@@ -288,7 +288,7 @@ def run(plan: Plan) -> dict[str, Any]:
     in_process = _Limit(plan)
     for _ in range(max(1, plan.limit_rounds)):
         in_process.round()
-    from loadtest import sweeps  # aiohttp and psutil come with the [load] extra; `cxr --help` needs neither
+    from loadtest import sweeps  # psutil comes with the [load] extra; `cxr --help` needs none of it
 
     results["runs"], results["overload"] = sweeps.measure_targets(plan, paired=in_process.paired_round)
     results["limit"] = in_process.result()

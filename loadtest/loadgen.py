@@ -19,10 +19,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from loadtest.checks import check_answer
+from loadtest.httpclient import HttpClient
 from loadtest.images import Sample
 
 MAX_IN_FLIGHT = 4096
@@ -110,44 +110,45 @@ def summarise(
 
 
 class LoadGenerator:
-    """Sends the samples round-robin to one target; one aiohttp session (keep-alive) per run."""
+    """Sends the samples round-robin to one target over kept-alive connections (loadtest.httpclient: the
+    generator shares the cores with the target, so it must cost little)."""
 
     def __init__(self, request: Request, samples: list[Sample], *, timeout_s: float) -> None:
         if not samples:
             raise ValueError("no samples to send")
         self.request = request
         self.samples = samples
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.timeout_s = timeout_s
         self._next = 0
+        base, _, path = request.url.removeprefix("http://").partition("/")
+        self._base, self._path = f"http://{base}", "/" + path
 
     def _sample(self) -> Sample:
         sample = self.samples[self._next % len(self.samples)]
         self._next += 1
         return sample
 
-    async def _send(self, session: aiohttp.ClientSession, scheduled: float) -> Outcome:
+    async def _send(self, client: HttpClient, scheduled: float) -> Outcome:
         sample = self._sample()
         sent = time.monotonic()
         try:
-            async with session.post(
-                self.request.url, data=sample.data, headers={"Content-Type": sample.content_type}
-            ) as response:
-                body = await response.read()
-                status = response.status
-        except (aiohttp.ClientError, TimeoutError) as error:
+            async with asyncio.timeout(self.timeout_s):
+                status, _, body = await client.post(
+                    self._path, sample.data, {"Content-Type": sample.content_type}
+                )
+        except (
+            OSError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+            TimeoutError,
+        ) as error:
             return Outcome(scheduled, sent, time.monotonic(), 0, f"no answer: {type(error).__name__}")
         done = time.monotonic()
         problem = check_answer(
             status, body, 1, positive_label=self.request.positive_label, full=self.request.full_check
         )
         return Outcome(scheduled, sent, done, status, problem)
-
-    def _session(self) -> aiohttp.ClientSession:
-        # limit=0: the open loop must never queue inside the client, or it would hide server latency.
-        # keepalive_timeout well under uvicorn's 5 s: reusing a connection the server is closing would
-        # count a transport error against the server.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0)
-        return aiohttp.ClientSession(connector=connector, timeout=self.timeout)
 
     async def closed(
         self, clients: int, *, warmup_s: float, duration_s: float
@@ -156,19 +157,24 @@ class LoadGenerator:
         outcomes: list[Outcome] = []
         start = time.monotonic()
         window = (start + warmup_s, start + warmup_s + duration_s)
+        client = HttpClient(self._base)
 
-        async def client(session: aiohttp.ClientSession) -> None:
+        async def loop() -> None:
             while time.monotonic() < window[1]:
-                outcomes.append(await self._send(session, time.monotonic()))
+                outcomes.append(await self._send(client, time.monotonic()))
 
-        async with self._session() as session:
-            await asyncio.gather(*(client(session) for _ in range(clients)))
+        try:
+            await asyncio.gather(*(loop() for _ in range(clients)))
+        finally:
+            await client.aclose()
         return outcomes, window
 
     async def open(
         self, rate: float, *, warmup_s: float, duration_s: float
     ) -> tuple[list[Outcome], tuple[float, float]]:
-        """Request i at `start + i / rate`; then waits for the stragglers (up to the client timeout)."""
+        """Request i at `start + i / rate`; then waits for the stragglers (up to the client timeout). Each
+        request takes an idle connection or opens one: nothing queues inside the client, which would hide
+        server latency."""
         if rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate}")
         outcomes: list[Outcome] = []
@@ -176,11 +182,12 @@ class LoadGenerator:
         start = time.monotonic() + 0.05
         window = (start + warmup_s, start + warmup_s + duration_s)
         total = int((warmup_s + duration_s) * rate)
+        client = HttpClient(self._base)
 
-        async def one(session: aiohttp.ClientSession, scheduled: float) -> None:
-            outcomes.append(await self._send(session, scheduled))
+        async def one(scheduled: float) -> None:
+            outcomes.append(await self._send(client, scheduled))
 
-        async with self._session() as session:
+        try:
             for index in range(total):
                 scheduled = start + index / rate
                 delay = scheduled - time.monotonic()
@@ -190,9 +197,11 @@ class LoadGenerator:
                     now = time.monotonic()
                     outcomes.append(Outcome(scheduled, now, now, 0, "dropped by the generator"))
                     continue
-                task = asyncio.get_running_loop().create_task(one(session, scheduled))
+                task = asyncio.get_running_loop().create_task(one(scheduled))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
                 await asyncio.wait(tasks)
+        finally:
+            await client.aclose()
         return outcomes, window

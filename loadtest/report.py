@@ -311,7 +311,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "JPEG decoding): the service's gain over it is the serving design's share alone.",
         "- Ray Serve: loadtest/peer_ray.py, one replica with `@serve.batch` (same max batch and wait), decoding "
         "and inference on their own threads, the same intra-op thread count.",
-        "- Load generator: loadtest/loadgen.py (aiohttp on uvloop) in the benchmark process, on the same machine.",
+        "- Load generator: loadtest/loadgen.py (a minimal kept-alive HTTP/1.1 client, loadtest/httpclient.py, on uvloop) in the benchmark process, on the same machine.",
         "",
     ]
     path = out_dir / "benchmarks.md"

@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from loadtest.httpclient import HttpClient
 from tests.reliability.harness import Service
 
 PROBLEM_JSON = "application/problem+json"
-_MAX_IDLE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -42,61 +42,7 @@ class Shot:
         return self.status >= 400 and self.content_type == PROBLEM_JSON
 
 
-class _Client:
-    """A minimal HTTP/1.1 client over kept-alive asyncio streams (one request per connection at a time).
-
-    Why not httpx: at 150 requests/s httpx used ~10 ms of CPU per request here, so on 2 shared cores the load
-    generator, not the service, set the latency (its own event loop lagging by seconds). This costs a
-    fraction of that, so the figures measure the service."""
-
-    def __init__(self, url: str) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.host, self.port = host, int(port)
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
-        self._all: list[asyncio.StreamWriter] = []
-
-    async def post(
-        self, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, dict[str, str], bytes]:
-        # Connections idle longer than this are closed, never reused: uvicorn closes them after 5 s, and a
-        # request sent as it does so is lost in transit (the keep-alive race), which would count against
-        # the service here. The oldest are at the front.
-        while self._idle and time.monotonic() - self._idle[0][2] > _MAX_IDLE_S:
-            self._idle.pop(0)[1].close()
-        if self._idle:
-            reader, writer, _ = self._idle.pop()
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            self._all.append(writer)
-        try:
-            lines = [f"POST {path} HTTP/1.1", f"Host: {self.host}", f"Content-Length: {len(body)}"]
-            lines += [f"{name}: {value}" for name, value in headers.items()]
-            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-            await writer.drain()
-            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            status = int(head[0].split(" ", 2)[1])
-            answer = {}
-            for line in head[1:]:
-                if ":" in line:
-                    name, value = line.split(":", 1)
-                    answer[name.strip().lower()] = value.strip()
-            payload = await reader.readexactly(int(answer.get("content-length", "0")))
-        except BaseException:
-            writer.close()
-            raise
-        if answer.get("connection", "").lower() == "close":
-            writer.close()
-        else:
-            self._idle.append((reader, writer, time.monotonic()))
-        return status, answer, payload
-
-    async def aclose(self) -> None:
-        for writer in self._all:
-            writer.close()
-        self._idle.clear()
-
-
-async def _shoot(client: _Client, body: bytes, shots: list[Shot], timeout: float) -> None:
+async def _shoot(client: HttpClient, body: bytes, shots: list[Shot], timeout: float) -> None:
     request_id = uuid.uuid4().hex
     headers = {"Content-Type": "image/png", "X-Request-ID": request_id}
     sent = time.monotonic()
@@ -121,7 +67,7 @@ async def open_loop(
 ) -> list[Shot]:
     """Send at `rate` requests/s for `duration_s` whatever the answers; wait for every answer."""
     shots: list[Shot] = []
-    client = _Client(url)
+    client = HttpClient(url)
     try:
         started = time.monotonic()
         tasks = []
@@ -139,7 +85,7 @@ async def open_loop(
 async def closed_loop(url: str, body: bytes, concurrency: int, duration_s: float) -> list[Shot]:
     """`concurrency` clients, each sending its next request as soon as the previous one is answered."""
     shots: list[Shot] = []
-    client = _Client(url)
+    client = HttpClient(url)
     until = time.monotonic() + duration_s
 
     async def user() -> None:
