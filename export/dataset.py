@@ -99,6 +99,18 @@ def _strata(rows: Iterable[Row]) -> tuple[dict[str, list[Row]], dict[tuple[str, 
     return groups, strata
 
 
+def _shuffled_strata(rows: Iterable[Row], seed: int) -> tuple[dict[str, list[Row]], list[list[str]]]:
+    """(patient group -> its rows, each stratum's groups in a seeded shuffle, strata in sorted order)."""
+    groups, strata = _strata(rows)
+    rng = random.Random(seed)
+    shuffled = []
+    for key in sorted(strata):
+        names = sorted(strata[key])
+        rng.shuffle(names)
+        shuffled.append(names)
+    return groups, shuffled
+
+
 def split_by_patient(
     rows: Iterable[Row], *, seed: int = 1337, val_fraction: float = 0.15, test_fraction: float = 0.15
 ) -> dict[str, str]:
@@ -109,12 +121,9 @@ def split_by_patient(
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
-    groups, strata = _strata(rows)
-    rng = random.Random(seed)
+    groups, shuffled = _shuffled_strata(rows, seed)
     assignment: dict[str, str] = {}
-    for key in sorted(strata):
-        names = sorted(strata[key])
-        rng.shuffle(names)
+    for names in shuffled:
         total = sum(len(groups[name]) for name in names)
         quota = {"test": test_fraction * total, "val": val_fraction * total}
         filled = {"test": 0, "val": 0}
@@ -142,12 +151,9 @@ def fold_split(
     if folds < 2 or not 0 <= fold < folds:
         raise ValueError(f"need folds >= 2 and 0 <= fold < folds, got fold {fold} of {folds}")
     pool = [row for row in rows if assignment[row.file] in ("train", "val")]
-    groups, strata = _strata(pool)
-    rng = random.Random(seed)
+    groups, shuffled = _shuffled_strata(pool, seed)
     of_group: dict[str, int] = {}
-    for key in sorted(strata):
-        names = sorted(strata[key])
-        rng.shuffle(names)
+    for names in shuffled:
         filled = [0] * folds
         for name in names:
             chosen = min(range(folds), key=lambda index: (filled[index], index))
