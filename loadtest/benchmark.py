@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 from loadtest import limit, report
 from loadtest.images import Sample, load_samples
+from service.allocator import retain_freed_memory
 from service.decode import ImageFormat
 from service.model import OnnxModel, available_providers, load_default
 from service.settings import Settings
@@ -80,12 +81,14 @@ class Plan:
 
 def default_variants(defaults: Settings) -> dict[str, list[str]]:
     """One setting changed at a time: the decode pool the other way (one thread per core, or one core
-    left to ONNX Runtime) and the per-request log line."""
+    left to ONNX Runtime), the per-request log line, and glibc's allocator defaults (service/allocator.py;
+    the limit keeps the service's setting)."""
     cores = _cores()
     workers = cores if defaults.decode_workers != cores else max(1, cores - 1)
     return {
         f"--decode-workers {workers}": ["--decode-workers", str(workers)],
         "--log-level warning": ["--log-level", "warning"],
+        "--malloc-retain-mib 0": ["--malloc-retain-mib", "0"],
     }
 
 
@@ -249,6 +252,9 @@ def run(plan: Plan) -> dict[str, Any]:
     """Measure everything in `plan`, write results.json, benchmarks.md and the plot; return the results."""
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     plan.log_dir.mkdir(parents=True, exist_ok=True)
+    # The in-process limit gets the service's allocator settings too (`cxr serve` applies them at start):
+    # it should be the same pipeline minus HTTP, not one that pays page faults the service does not.
+    retain_freed_memory(plan.defaults.malloc_retain_mib)
     model = load_default(plan.model_dir)
     results: dict[str, Any] = {
         "generated": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

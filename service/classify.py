@@ -242,17 +242,18 @@ async def classify(
     if results is None:
         logger.info("request_id=%s client disconnected; its queued images were dropped", request_id)
         return Response(status_code=499)
-    logger.info(
-        "request_id=%s model=%s images=%d formats=%s bytes=%d sizes=%s batch=%s queue_ms=%s inference_ms=%s total_ms=%.1f",
-        request_id,
-        served.key,
-        len(results),
-        ",".join(r.image.format for r in results),
-        sum(len(u.data) for u in uploads),
-        ",".join(f"{r.image.width}x{r.image.height}" for r in results),
-        ",".join(str(r.batch_size) for r in results),
-        ",".join(f"{r.timing.queue_ms:.1f}" for r in results),
-        ",".join(f"{r.timing.inference_ms:.1f}" for r in results),
-        results[0].timing.total_ms,
+    # Details for the middleware's one access line per request (service.middleware): sizes and timings,
+    # never names, identifiers or pixels.
+    request.state.log_detail = (
+        f"model={served.key} images={len(results)} formats={','.join(r.image.format for r in results)} "
+        f"bytes={sum(len(u.data) for u in uploads)} "
+        f"sizes={','.join(f'{r.image.width}x{r.image.height}' for r in results)} "
+        f"batch={','.join(str(r.batch_size) for r in results)} "
+        f"queue_ms={','.join(f'{r.timing.queue_ms:.1f}' for r in results)} "
+        f"inference_ms={','.join(f'{r.timing.inference_ms:.1f}' for r in results)} "
+        f"total_ms={results[0].timing.total_ms:.1f}"
     )
-    return ClassifyResponse(request_id=request_id, results=results)
+    # Serialized here, once, by pydantic-core: FastAPI would validate the finished model again field by
+    # field before dumping it (response_model still documents the schema in OpenAPI).
+    body = ClassifyResponse(request_id=request_id, results=results).model_dump_json(exclude_none=True)
+    return Response(body, media_type="application/json")

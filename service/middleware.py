@@ -92,11 +92,12 @@ class RequestContextMiddleware:
             length = next((v.decode() for k, v in scope.get("headers", []) if k == b"content-length"), "-")
             logger.log(
                 logging.DEBUG if route in _PROBES else logging.INFO,
-                "request_id=%s %s %s status=%s bytes_in=%s ms=%.1f",
+                "request_id=%s %s %s status=%s bytes_in=%s ms=%.1f%s",
                 request_id,
                 scope["method"],
                 route,
                 status or 500,
                 length,
                 seconds * 1000.0,
+                f" {detail}" if (detail := scope["state"].get("log_detail")) else "",
             )

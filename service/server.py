@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from service.allocator import retain_freed_memory
 from service.app import begin_drain, create_app
 from service.model import ModelCard, ModelIntegrityError, find_versions, verify_files
 from service.settings import Settings, from_cli
@@ -61,6 +62,8 @@ def run(settings: Settings) -> int:
     except ModelIntegrityError as error:
         logger.error("refusing to start: %s", error)
         return 3
+    # Before the models load and the first body arrives: see service/allocator.py for what it saves.
+    retain_freed_memory(settings.malloc_retain_mib)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

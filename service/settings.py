@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         repr=False,
         description="accepted API keys, plain or sha256:<hex> (empty: no key needed); prefer the env variable",
     )
+    malloc_retain_mib: int = Field(
+        default=256,
+        ge=0,
+        le=65536,
+        description="freed memory glibc keeps for reuse instead of returning it per request (0: its defaults)",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on shutdown, time to finish queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="log level"

@@ -130,6 +130,11 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
     assert late_status in (0, 503)
     assert returncode in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal after a clean stop
     assert "draining" in log and "Application shutdown complete" in log
+    # One access line per request, with the classification details on it, and no second line.
+    request_id = single.headers["x-request-id"]
+    lines = [line for line in log.splitlines() if f"request_id={request_id}" in line]
+    assert len(lines) == 1 and "POST /v1/classify status=200" in lines[0], lines
+    assert "model=tiny/1 images=1 formats=png" in lines[0] and "sizes=" in lines[0], lines
     for secret in (PATIENT_NAME, PATIENT_ID, IDENTIFYING_FILENAME, "Traceback"):
         assert secret not in log
 
