@@ -71,6 +71,7 @@ class Summary:
     load_1min: float = 0.0  # the machine's 1-minute load average when the level ended
     repeat: bool = False  # closed loop: the best level measured again (the peak is the best of them)
     paired_limit: float | None = None  # service repeats: the in-process limit measured just before, images/s
+    paired_defaults: float | None = None  # service variants: the defaults measured next to it, images/s
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))

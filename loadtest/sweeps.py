@@ -240,16 +240,33 @@ def measure_targets(
 
 def variants(plan: Plan, clients: int) -> list[Summary]:
     """The service with one setting changed, closed loop at the peak's client count: each setting's
-    measured effect, end to end (the in-process variants cannot see HTTP or the event loop)."""
-    measured = []
-    for label, flags in plan.service_variants.items():
-        command, path, _, ready, port = _command(plan, "service", flags)
-        log = plan.log_dir / f"service{'_'.join(flags)}.log"
-        with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
-            generator = _generator(plan, running.url + path, full=True)
-            outcomes, window = _run(
-                generator.closed(clients, warmup_s=plan.warmup_s, duration_s=plan.duration_s)
-            )
-        measured.append(summarise(f"service {label}", "variant", clients, outcomes, window))
-        _log(measured[-1])
+    measured effect, end to end (the in-process variants cannot see HTTP or the event loop). Each variant
+    is measured next to the defaults, alternately before and after, on a second service process with the
+    defaults that stays up (idle in the meantime): the machine's speed drifts by up to a quarter between
+    the sweep and this section, which would otherwise pass for an effect."""
+    measured: list[Summary] = []
+    if not plan.service_variants:
+        return measured
+    command, path, _, ready, port = _command(plan, "service")
+    log = plan.log_dir / "service-defaults-for-variants.log"
+    with targets.launch("defaults", command, log, ready_path=ready, port=port, timeout_s=180) as base:
+        defaults = _generator(plan, base.url + path, full=True)
+        for index, (label, flags) in enumerate(plan.service_variants.items()):
+            command, path, _, ready, port = _command(plan, "service", flags)
+            log = plan.log_dir / f"service{'_'.join(flags)}.log"
+            with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
+                generator = _generator(plan, running.url + path, full=True)
+                reference = _closed(plan, defaults, clients) if index % 2 == 0 else None
+                outcomes, window = _run(
+                    generator.closed(clients, warmup_s=plan.warmup_s, duration_s=plan.duration_s)
+                )
+                reference = reference or _closed(plan, defaults, clients)
+            measured.append(summarise(f"service {label}", "variant", clients, outcomes, window))
+            measured[-1].paired_defaults = reference.images_per_s
+            _log(measured[-1])
     return measured
+
+
+def _closed(plan: Plan, generator: LoadGenerator, clients: int) -> Summary:
+    outcomes, window = _run(generator.closed(clients, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
+    return summarise("service defaults", "variant", clients, outcomes, window)

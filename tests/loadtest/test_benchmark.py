@@ -58,6 +58,10 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     document = (tmp_path / "benchmarks.md").read_text()
     assert "Do not edit by hand" in document and "Quick smoke run" in document
     assert "## Service settings, measured end to end" in document and "event loop thread ms" in document
+    # Each variant is measured next to the defaults (not against the sweep, minutes earlier).
+    (variant,) = [r for r in runs if r["mode"] == "variant"]
+    assert variant["ok"] > 0 and variant["paired_defaults"] > 0
+    assert "| --log-level warning |" in document and "defaults next to it" in document
     assert "## GPU" in document and "| cxr service (dynamic batching) | 1 |" in document
     assert (tmp_path / "benchmarks-throughput-p99.png").read_bytes().startswith(b"\x89PNG")
 
