@@ -3,12 +3,13 @@
 Why: the validation split holds 13 non-COVID ieee8023 images, so its within-source AUROC moves by about
 ±0.07 from sampling alone, too much to choose between training recipes. Over K folds every train+val image
 is scored once by a model that did not train on it (73 non-COVID ieee8023 images, 278 COVID). Confidence
-intervals resample patients, not images (follow-up films of one patient are not independent). The test split is never read: `fold_split` leaves it out of every fold.
+intervals resample patients, not images (follow-up films of one patient are not independent). The test
+split is never read: `fold_split` leaves it out of every fold.
 
-Scores are pooled two ways: at the last epoch (every fold trains the full `--epochs`, early stopping
-off, so nothing was chosen on the images being scored: the figure to compare recipes by) and at each fold's selected epoch (chosen on those same images,
-so optimistic; shown beside it). Pooling assumes the folds' models score on a comparable scale; the mean
-of the per-fold AUROCs, which does not, is reported too.
+Scores are pooled two ways: at the last epoch (every fold trains the full `--epochs`, early stopping off,
+so nothing was chosen on the images being scored: the figure to compare recipes by) and at each fold's
+selected epoch (chosen on those same images, so optimistic; shown beside it). Pooling assumes the folds'
+models score on a comparable scale; the mean of the per-fold AUROCs, which does not, is reported too.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class Summary:
     cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU per request by part (service, closed loop)
     load_1min: float = 0.0  # the machine's 1-minute load average when the level ended
     repeat: bool = False  # closed loop: the best level measured again (the peak is the best of them)
-    paired_limit: float | None = None  # service repeats: the in-process limit measured just before, images/s
+    paired_limit: float | None = None  # service repeats: the in-process limit measured next to it, images/s
     paired_defaults: float | None = None  # service variants: the defaults measured next to it, images/s
 
     def as_dict(self) -> dict[str, Any]:
@@ -121,8 +121,7 @@ class LoadGenerator:
         self.samples = samples
         self.timeout_s = timeout_s
         self._next = 0
-        base, _, path = request.url.removeprefix("http://").partition("/")
-        self._base, self._path = f"http://{base}", "/" + path
+        self._path = "/" + request.url.removeprefix("http://").partition("/")[2]
 
     def _sample(self) -> Sample:
         sample = self.samples[self._next % len(self.samples)]
@@ -158,7 +157,7 @@ class LoadGenerator:
         outcomes: list[Outcome] = []
         start = time.monotonic()
         window = (start + warmup_s, start + warmup_s + duration_s)
-        client = HttpClient(self._base)
+        client = HttpClient(self.request.url)
 
         async def loop() -> None:
             while time.monotonic() < window[1]:
@@ -183,7 +182,7 @@ class LoadGenerator:
         start = time.monotonic() + 0.05
         window = (start + warmup_s, start + warmup_s + duration_s)
         total = int((warmup_s + duration_s) * rate)
-        client = HttpClient(self._base)
+        client = HttpClient(self.request.url)
 
         async def one(scheduled: float) -> None:
             outcomes.append(await self._send(client, scheduled))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+R = TypeVar("R")
 _CLIENT_SLACK_S = 20.0
 """Client timeout beyond the service deadline: the server's own 504 (or its absence) must be what we see."""
 
@@ -128,10 +130,7 @@ def overload(plan: Plan, target: targets.Target, generator: LoadGenerator, peak:
     outcomes, window, memory = _run(_with_memory(generator, target, rate, plan.overload_s))
     during = summarise("service", "overload", round(rate, 2), outcomes, window)
     _log(during)
-    after, after_window = _run(
-        generator.closed(int(peak.level), warmup_s=plan.warmup_s, duration_s=plan.duration_s)
-    )
-    recovery = summarise("service", "recovery", peak.level, after, after_window)
+    recovery = _closed(plan, generator, "service", "recovery", int(peak.level))
     _log(recovery)
     middle = (window[0] + window[1]) / 2
     first = [rss for at, rss in memory if at < middle] or [rss_before]
@@ -210,20 +209,17 @@ def measure_targets(
             generator = _generator(plan, running.url + path, full=name.startswith("service"))
             server = running if name.startswith("service") else None
             closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[], server=server)
-            # Every target's best level runs a second time and its peak is the better of the two, as the
-            # in-process limit is the best of its rounds: one 8 s window on a shared machine varies by ~10 %.
-            best = max(closed, key=lambda s: s.images_per_s)
             # Every target's best level runs `plan.pairs` more times and its peak is the best of them, as
             # the in-process limit is the best of its rounds: one 8 s window on a shared machine varies by
-            # ~10 %. The service's repeats each have a limit round next to them, alternately before and
-            # after, so a steady drift does not lean every pair the same way.
+            # ~10 %. Each of the service's repeats has a limit round next to it.
+            best = max(closed, key=lambda s: s.images_per_s)
             pairing = paired if name == "service" else None
             for index in range(plan.pairs):
-                limit_first = index % 2 == 0
-                limit_rate = pairing() if pairing is not None and limit_first else None
-                again = sweep(plan, name, generator, clients=[int(best.level)], rates=[], server=server)
-                if pairing is not None and not limit_first:
-                    limit_rate = pairing()
+                again, limit_rate = _beside(
+                    index,
+                    partial(sweep, plan, name, generator, clients=[int(best.level)], rates=[], server=server),
+                    pairing or (lambda: None),
+                )
                 for summary in again:
                     summary.repeat, summary.paired_limit = True, limit_rate
                 closed += again
@@ -256,17 +252,28 @@ def variants(plan: Plan, clients: int) -> list[Summary]:
             log = plan.log_dir / f"service{'_'.join(flags)}.log"
             with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
                 generator = _generator(plan, running.url + path, full=True)
-                reference = _closed(plan, defaults, clients) if index % 2 == 0 else None
-                outcomes, window = _run(
-                    generator.closed(clients, warmup_s=plan.warmup_s, duration_s=plan.duration_s)
+                variant, reference = _beside(
+                    index,
+                    partial(_closed, plan, generator, f"service {label}", "variant", clients),
+                    partial(_closed, plan, defaults, "service defaults", "variant", clients),
                 )
-                reference = reference or _closed(plan, defaults, clients)
-            measured.append(summarise(f"service {label}", "variant", clients, outcomes, window))
-            measured[-1].paired_defaults = reference.images_per_s
+            variant.paired_defaults = reference.images_per_s
+            measured.append(variant)
             _log(measured[-1])
     return measured
 
 
-def _closed(plan: Plan, generator: LoadGenerator, clients: int) -> Summary:
+def _closed(plan: Plan, generator: LoadGenerator, target: str, mode: str, clients: int) -> Summary:
+    """One closed-loop level at `clients`, summarised under `target` and `mode`."""
     outcomes, window = _run(generator.closed(clients, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
-    return summarise("service defaults", "variant", clients, outcomes, window)
+    return summarise(target, mode, clients, outcomes, window)
+
+
+def _beside(index: int, measure: Callable[[], T], reference: Callable[[], R]) -> tuple[T, R]:
+    """`measure()` with `reference()` run right before it (even `index`) or right after (odd): pairs taken
+    alternately so that a steady drift of the machine does not lean every pair the same way."""
+    if index % 2 == 0:
+        before = reference()
+        return measure(), before
+    measured = measure()
+    return measured, reference()
