@@ -14,11 +14,12 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Annotated, TypeVar, cast
 
 import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.auth import require_api_key
 from service.batcher import BatchResult
@@ -45,6 +46,18 @@ router = APIRouter()
 T = TypeVar("T")
 
 _NAME = r"^[A-Za-z0-9._-]{1,100}$"
+PATH = "/v1/classify"
+
+
+class ClassifyParams(BaseModel):
+    """The query parameters of POST /v1/classify (validated the same way on both paths to the handler:
+    FastAPI's, and service.direct's)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    model: str | None = Field(None, pattern=_NAME, description="model name (default: the repository default)")
+    version: str | None = Field(None, pattern=_NAME, description="model version (default: the newest)")
+    heatmap: bool = Field(False, description="add the class activation map as a base64 PNG")
 
 
 @dataclass(frozen=True)
@@ -129,10 +142,14 @@ async def _prepare_all(runtime: Runtime, served: ServedModel, uploads: list[Uplo
             ) from None
 
     with runtime.admit(len(uploads)):
+        if len(uploads) == 1:  # the common case, without gather's task per image
+            return [await one(0, uploads[0])]
         return await asyncio.gather(*(one(index, upload) for index, upload in enumerate(uploads)))
 
 
 async def _infer(served: ServedModel, prepared: list[_Prepared], deadline: float) -> list[BatchResult]:
+    if len(prepared) == 1:  # cancelling this task cancels the image's future, so the batcher skips it
+        return [await served.batcher.submit(prepared[0].tensor, deadline=deadline)]
     tasks = [
         asyncio.ensure_future(served.batcher.submit(item.tensor, deadline=deadline)) for item in prepared
     ]
@@ -199,7 +216,7 @@ async def _classify(
 
 
 @router.post(
-    "/v1/classify",
+    PATH,
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
     dependencies=[Depends(require_api_key)],
@@ -207,16 +224,13 @@ async def _classify(
     openapi_extra={"requestBody": CLASSIFY_REQUEST_BODY},
     summary="Classify chest X-rays (research use only)",
 )
-async def classify(
-    request: Request,
-    model: str | None = Query(
-        None, pattern=_NAME, description="model name (default: the repository default)"
-    ),
-    version: str | None = Query(None, pattern=_NAME, description="model version (default: the newest)"),
-    heatmap: bool = Query(False, description="add the class activation map as a base64 PNG"),
-) -> ClassifyResponse | Response:
-    """One or more PNG, JPEG or DICOM images, as a raw body or as multipart file fields."""
+async def classify(request: Request, params: Annotated[ClassifyParams, Query()]) -> Response:
+    """One or more PNG, JPEG or DICOM images, as a raw body or as multipart file fields.
+
+    Served by service.direct, which calls this straight from the middleware stack; FastAPI's route
+    declares it (OpenAPI) and serves it wherever that middleware is not installed."""
     started = time.monotonic()
+    model, version, heatmap = params.model, params.version, params.heatmap
     runtime = runtime_of(request)
     settings = runtime.settings
     runtime.check_accepting()

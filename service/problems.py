@@ -94,8 +94,23 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_HANDLERS = (
+    (CxrError, _cxr_error),
+    (RequestValidationError, _validation_error),
+    (HTTPException, _http_error),
+)
+
+
 def install(app: FastAPI) -> None:
     """Register the problem+json handlers on an app."""
-    app.add_exception_handler(CxrError, _cxr_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def answer(request: Request, exc: Exception) -> JSONResponse:
+    """The handlers' answer to `exc`, for code that runs outside FastAPI's exception middleware
+    (service.direct); an exception no handler covers is raised again."""
+    for kind, handler in _HANDLERS:
+        if isinstance(exc, kind):
+            return await handler(request, exc)
+    raise exc

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         le=65536,
         description="freed memory glibc keeps for reuse instead of returning it per request (0: its defaults)",
     )
+    http_protocol: Literal["bulk", "stock"] = Field(
+        default="bulk",
+        description="bulk: large bodies read in bulk and copied once (service/protocol.py); stock: uvicorn's",
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on shutdown, time to finish queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="log level"
