@@ -236,7 +236,12 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         f"- Service settings (the defaults): max batch {settings['max_batch_size']}, max queue delay "
         f"{settings['max_queue_delay_ms']:g} ms, queue capacity {settings['queue_capacity']}, deadline "
         f"{settings['request_timeout_s']:g} s, {settings['intra_op_threads']} intra-op thread, "
-        f"{settings['decode_workers']} decode worker(s); log level info",
+        f"{settings['decode_workers']} decode worker(s); log level info"
+        + "".join(
+            f"; {name.replace('_', ' ')} {settings[name]}"
+            for name in ("classify_route", "http_protocol", "malloc_retain_mib")
+            if name in settings  # results.json files from before these settings lack them
+        ),
         f"- Load: closed loop at {results['settings']['concurrency']} clients, open loop at "
         f"{results['settings']['open_fractions_of_service_peak']} x the service's closed-loop peak (fixed arrival "
         f"times; latency from the scheduled time); {results['settings']['warmup_s']:g} s warm-up, "

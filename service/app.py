@@ -58,9 +58,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    # Middleware added first runs innermost: POST /v1/classify is served inside CORS and the request
-    # context, without FastAPI's per-request routing (service.direct).
-    app.add_middleware(DirectClassify)
+    if settings.classify_route == "direct":
+        # Middleware added first runs innermost: POST /v1/classify is served inside CORS and the request
+        # context, without FastAPI's per-request routing (service.direct).
+        app.add_middleware(DirectClassify)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

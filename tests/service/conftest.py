@@ -18,7 +18,6 @@ from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
-from service.direct import DirectClassify
 from service.model import OnnxModel
 from service.settings import Settings
 from tests.tinymodel import blob_image, encode, make_tiny_model
@@ -83,14 +82,9 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 
 @asynccontextmanager
-async def serve(
-    settings: Settings, *, wait_ready: bool = True, direct: bool = True
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app: lifespan started, optionally warmed, with an httpx client over ASGI. direct=False:
-    without service.direct, so POST /v1/classify goes through FastAPI's own route."""
+async def serve(settings: Settings, *, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app: lifespan started, optionally warmed, with an httpx client over ASGI."""
     app = create_app(settings)
-    if not direct:
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not DirectClassify]
     async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://cxr.test") as client:

@@ -606,11 +606,11 @@ async def test_direct_path_answers_as_the_fastapi_route_does(model_dir: Path) ->
         ("/v1/classify", {"Authorization": "Basic first-key"}),
         ("/v1/classify", {"Authorization": "Bearer first-key"}),
     ]
-    answers: dict[bool, list[tuple[int, Any, str]]] = {}
-    for direct in (True, False):
-        settings = settings_for(model_dir, api_keys=["first-key"])
-        async with serve(settings, direct=direct) as client:
-            answers[direct] = []
+    answers: dict[str, list[tuple[int, Any, str]]] = {}
+    for route in ("direct", "fastapi"):
+        settings = settings_for(model_dir, api_keys=["first-key"], classify_route=route)
+        async with serve(settings) as client:
+            answers[route] = []
             for url, headers in cases:
                 key = headers or {"X-API-Key": "first-key"}
                 response = await client.post(url, content=png(), headers={**PNG_HEADERS, **key})
@@ -621,12 +621,12 @@ async def test_direct_path_answers_as_the_fastapi_route_does(model_dir: Path) ->
                     body.pop("request_id")
                 else:
                     body.pop("request_id")
-                answers[direct].append((response.status_code, body, response.headers["content-type"]))
+                answers[route].append((response.status_code, body, response.headers["content-type"]))
             text = (await client.get("/metrics")).text
             assert (
                 metric(text, "cxr_http_requests_total", method="POST", route="/v1/classify", status="200")
                 == 3
             )
-    statuses = [status for status, _, _ in answers[True]]
+    statuses = [status for status, _, _ in answers["direct"]]
     assert statuses == [200, 422, 422, 404, 404, 200, 401, 401, 200]
-    assert answers[True] == answers[False]
+    assert answers["direct"] == answers["fastapi"]
