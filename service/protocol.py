@@ -21,8 +21,10 @@ they are there and falls back to the stock protocol, with a warning, on a uvicor
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import socket
+import sys
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -32,6 +34,22 @@ RCVLOWAT_CAP = 4 * 1024 * 1024
 
 BODY_HIGH_WATER = 8 * 1024 * 1024
 """Body bytes buffered per connection before reading pauses (uvicorn's own limit is 64 KiB)."""
+
+
+_LINUX = sys.platform.startswith("linux")
+_libc = ctypes.CDLL(None, use_errno=True) if _LINUX else None
+
+
+def _set_rcvlowat(fd: int, value: int) -> bool:
+    """setsockopt(SO_RCVLOWAT) on the event loop's descriptor, without a Python socket object: uvloop's
+    transport socket builds a new one on every setsockopt (2 % of the loop's time in a profile)."""
+    if _libc is None:
+        return False
+    option = ctypes.c_int(value)
+    done: int = _libc.setsockopt(
+        fd, socket.SOL_SOCKET, socket.SO_RCVLOWAT, ctypes.byref(option), ctypes.sizeof(option)
+    )
+    return done == 0
 
 
 class _Chunks:
@@ -69,23 +87,20 @@ def bulk_protocol() -> type[asyncio.Protocol] | str:
         return "httptools"
 
     class BulkBodyProtocol(HttpToolsProtocol):
-        _sock: Any = None
+        _fd = -1  # the TCP socket's descriptor, while SO_RCVLOWAT may be raised on it
         _remaining = 0
         _lowat = 1
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             sock = transport.get_extra_info("socket")
-            # Only TCP honours SO_RCVLOWAT in poll(); a Unix socket would ignore it, so leave it alone.
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                # A socket object of our own on a duplicate descriptor: uvloop's transport socket builds
-                # a new Python socket on every setsockopt (2 % of the loop's time in a profile).
-                self._sock = socket.fromfd(sock.fileno(), sock.family, sock.type)
+            # Only Linux TCP: a Unix socket ignores SO_RCVLOWAT in poll(), and other kernels size their
+            # buffers differently, so there the body is read as uvicorn reads it.
+            if _LINUX and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                self._fd = sock.fileno()
 
         def connection_lost(self, exc: Exception | None) -> None:
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            self._fd = -1
             super().connection_lost(exc)
 
         def on_headers_complete(self) -> None:
@@ -118,13 +133,11 @@ def bulk_protocol() -> type[asyncio.Protocol] | str:
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
             wanted = max(1, min(RCVLOWAT_CAP, self._remaining))
-            if wanted != self._lowat and self._sock is not None and not self.transport.is_closing():
-                try:
-                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, wanted)
+            if wanted != self._lowat and self._fd >= 0 and not self.transport.is_closing():
+                if _set_rcvlowat(self._fd, wanted):
                     self._lowat = wanted
-                except OSError:  # not settable on this socket: read as uvicorn does
-                    self._sock.close()
-                    self._sock = None
+                else:  # not settable on this socket: read as uvicorn does
+                    self._fd = -1
 
     return BulkBodyProtocol
 

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from service.protocol import bulk_protocol
+from service.protocol import _set_rcvlowat, bulk_protocol
 
 BIG = os.urandom(3 * 1024 * 1024 + 12345)
 
@@ -157,3 +158,16 @@ def test_short_body_then_hang_up_is_a_disconnect(server: tuple[str, int]) -> Non
     with _connect(port) as conn:  # and the server still serves
         _post(conn, "/", b"ok")
         assert _read_answer(conn)[1]["bytes"] == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_RCVLOWAT pacing is used on Linux only")
+def test_rcvlowat_is_set_on_the_descriptor_itself() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        conn, _ = listener.accept()
+        with client, conn:
+            assert _set_rcvlowat(conn.fileno(), 1 << 20)
+            assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1 << 20
+            assert _set_rcvlowat(conn.fileno(), 1)
+            assert conn.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+    assert not _set_rcvlowat(conn.fileno(), 1 << 20)  # closed: refused, and the protocol stops trying
