@@ -37,6 +37,7 @@ class Config:
 def compare(plan: Plan, flag_sets: list[str], *, rounds: int, clients: int) -> list[Config]:
     """Measure every flag set `rounds` times at `clients` clients, alternating the order."""
     configs = [Config(flags) for flags in flag_sets]
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         running = []
         for index, config in enumerate(configs):
