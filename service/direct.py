@@ -7,7 +7,8 @@ middleware matches the route itself and calls the same handler with the same che
 (service.auth), the query parameters (classify.ClassifyParams, 422 as FastAPI words it), and errors
 answered by service.problems. It sits inside RequestContextMiddleware (request id, metrics, access log)
 and CORS, so everything around the handler is unchanged; every other request goes on to FastAPI, whose
-declaration of the route still gives the OpenAPI schema.
+declaration of the route still gives the OpenAPI schema. A dependency added to that declaration would
+apply on FastAPI's path only: add it here too (tests/service/test_app.py compares the two paths' answers).
 """
 
 from __future__ import annotations
