@@ -340,13 +340,19 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def bench_samples(folders: list[Path] | None, formats: set[ImageFormat]) -> list[Sample]:
+    """The images to send: from `folders` (default ../shared/data/fullres, the full-size films), else
+    synthetic ones."""
+    chosen = folders or [ROOT.parent / "shared" / "data" / "fullres"]
+    return load_samples([folder for folder in chosen if folder.is_dir()], formats=formats)
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of `cxr bench`."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls, one line each
-    folders = args.images or [ROOT.parent / "shared" / "data" / "fullres"]
     wanted = {part.strip() for part in args.formats.split(",")}
     formats: set[ImageFormat] = {fmt for fmt in get_args(ImageFormat) if fmt in wanted}
-    samples = load_samples([f for f in folders if f.is_dir()], formats=formats)
+    samples = bench_samples(args.images, formats)
     model_dir = load_default(args.model).directory
     out = args.out or (ROOT / "build" / "bench-quick" if args.quick else ROOT / "docs")
     plan = Plan(model_dir=model_dir, samples=samples, out_dir=out)

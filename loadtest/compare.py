@@ -19,9 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtest import sweeps, targets
-from loadtest.benchmark import ROOT, Plan
-from loadtest.images import load_samples
+from loadtest import sweeps
+from loadtest.benchmark import ROOT, Plan, bench_samples
 from service.model import load_default
 
 
@@ -39,21 +38,14 @@ def compare(plan: Plan, flag_sets: list[str], *, rounds: int, clients: int) -> l
     configs = [Config(flags) for flags in flag_sets]
     plan.log_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        running = []
-        for index, config in enumerate(configs):
-            command, path, env, ready, port = sweeps._command(plan, "service", shlex.split(config.flags))
-            target = stack.enter_context(
-                targets.launch(
-                    f"config {index}",
-                    command,
-                    plan.log_dir / f"compare-{index}.log",
-                    ready_path=ready,
-                    port=port,
-                    env=env,
-                    timeout_s=180,
+        running = [
+            stack.enter_context(
+                sweeps.service(
+                    plan, f"config {index}", shlex.split(config.flags), plan.log_dir / f"compare-{index}.log"
                 )
             )
-            running.append((target, sweeps._generator(plan, target.url + path, full=True)))
+            for index, config in enumerate(configs)
+        ]
         for round_index in range(rounds):
             order = list(range(len(configs)))
             for index in order if round_index % 2 == 0 else order[::-1]:
@@ -110,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    folders = args.images or [ROOT.parent / "shared" / "data" / "fullres"]
-    samples = load_samples([f for f in folders if f.is_dir()], formats={"jpeg"})
+    samples = bench_samples(args.images, {"jpeg"})
     plan = Plan(model_dir=load_default(args.model).directory, samples=samples, out_dir=ROOT / "build")
     plan.duration_s, plan.warmup_s = args.seconds, 1.5
     configs = compare(plan, args.flag_sets, rounds=args.rounds, clients=args.clients)

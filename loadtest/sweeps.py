@@ -8,10 +8,12 @@ targets are offered the same absolute load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
@@ -243,15 +245,10 @@ def variants(plan: Plan, clients: int) -> list[Summary]:
     measured: list[Summary] = []
     if not plan.service_variants:
         return measured
-    command, path, _, ready, port = _command(plan, "service")
-    log = plan.log_dir / "service-defaults-for-variants.log"
-    with targets.launch("defaults", command, log, ready_path=ready, port=port, timeout_s=180) as base:
-        defaults = _generator(plan, base.url + path, full=True)
+    with service(plan, "defaults", [], plan.log_dir / "service-defaults-for-variants.log") as (_, defaults):
         for index, (label, flags) in enumerate(plan.service_variants.items()):
-            command, path, _, ready, port = _command(plan, "service", flags)
             log = plan.log_dir / f"service{'_'.join(flags)}.log"
-            with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
-                generator = _generator(plan, running.url + path, full=True)
+            with service(plan, label, flags, log) as (_, generator):
                 variant, reference = _beside(
                     index,
                     partial(_closed, plan, generator, f"service {label}", "variant", clients),
@@ -261,6 +258,16 @@ def variants(plan: Plan, clients: int) -> list[Summary]:
             measured.append(variant)
             _log(measured[-1])
     return measured
+
+
+@contextlib.contextmanager
+def service(
+    plan: Plan, label: str, flags: list[str], log: Path
+) -> Iterator[tuple[targets.Target, LoadGenerator]]:
+    """`cxr serve` with the plan's settings plus `flags`, up and ready, with a load generator for it."""
+    command, path, _, ready, port = _command(plan, "service", flags)
+    with targets.launch(label, command, log, ready_path=ready, port=port, timeout_s=180) as running:
+        yield running, _generator(plan, running.url + path, full=True)
 
 
 def _closed(plan: Plan, generator: LoadGenerator, target: str, mode: str, clients: int) -> Summary:

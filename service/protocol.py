@@ -27,6 +27,8 @@ import socket
 import sys
 from typing import Any
 
+import uvicorn
+
 logger = logging.getLogger(__name__)
 
 RCVLOWAT_CAP = 4 * 1024 * 1024
@@ -83,7 +85,9 @@ def bulk_protocol() -> type[asyncio.Protocol] | str:
         hasattr(HttpToolsProtocol, name) for name in ("on_body", "on_headers_complete", "data_received")
     )
     if not needed or "body" not in RequestResponseCycle.__init__.__code__.co_names:
-        logger.warning("uvicorn %s: unknown httptools protocol layout; using its stock protocol", _version())
+        logger.warning(
+            "uvicorn %s: unknown httptools protocol layout; using its stock protocol", uvicorn.__version__
+        )
         return "httptools"
 
     class BulkBodyProtocol(HttpToolsProtocol):
@@ -116,11 +120,8 @@ def bulk_protocol() -> type[asyncio.Protocol] | str:
             if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
                 return
             chunks = cycle.body
-            if not isinstance(chunks, _Chunks):  # a fresh cycle, or the app has just taken the body
-                taken, chunks = chunks, _Chunks()
-                if taken:
-                    chunks += bytes(taken)
-                cycle.body = chunks
+            if not isinstance(chunks, _Chunks):  # uvicorn's empty bytearray: a fresh cycle, or the app
+                chunks = cycle.body = _Chunks()  # has just taken the body
             chunks += body
             if len(chunks) > BODY_HIGH_WATER:
                 self.flow.pause_reading()
@@ -140,9 +141,3 @@ def bulk_protocol() -> type[asyncio.Protocol] | str:
                     self._fd = -1
 
     return BulkBodyProtocol
-
-
-def _version() -> str:
-    import uvicorn
-
-    return str(uvicorn.__version__)
