@@ -81,15 +81,12 @@ class Plan:
 
 def default_variants(defaults: Settings) -> dict[str, list[str]]:
     """One setting changed at a time: the decode pool the other way (one thread per core, or one core
-    left to ONNX Runtime), POST /v1/classify through FastAPI's routing (service/direct.py), uvicorn's stock
-    protocol (service/protocol.py), and glibc's allocator defaults (service/allocator.py; the limit keeps
-    the service's setting)."""
+    left to ONNX Runtime), and glibc's allocator defaults (service/allocator.py; the limit keeps the
+    service's setting)."""
     cores = _cores()
     workers = cores if defaults.decode_workers != cores else max(1, cores - 1)
     return {
         f"--decode-workers {workers}": ["--decode-workers", str(workers)],
-        "--classify-route fastapi": ["--classify-route", "fastapi"],
-        "--http-protocol stock": ["--http-protocol", "stock"],
         "--malloc-retain-mib 0": ["--malloc-retain-mib", "0"],
     }
 
@@ -283,8 +280,6 @@ def run(plan: Plan) -> dict[str, Any]:
                     "request_timeout_s",
                     "intra_op_threads",
                     "decode_workers",
-                    "classify_route",
-                    "http_protocol",
                     "malloc_retain_mib",
                 }
             ),

@@ -1,4 +1,4 @@
-"""Side-by-side comparison of service settings: `python -m loadtest.compare "" "--http-protocol stock"`.
+"""Side-by-side comparison of service settings: `python -m loadtest.compare "" "--max-batch-size 1"`.
 
 Each argument is a set of `cxr serve` flags ("" for the defaults). Every configuration runs as its own
 service process at once; the rounds then measure each in turn at one closed-loop level, reversing the

@@ -18,7 +18,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service import classify, problems, v2, web
 from service.auth import require_api_key
 from service.classify import runtime_of
-from service.direct import DirectClassify
 from service.errors import ModelNotReady
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware
@@ -58,10 +57,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    if settings.classify_route == "direct":
-        # Middleware added first runs innermost: POST /v1/classify is served inside CORS and the request
-        # context, without FastAPI's per-request routing (service.direct).
-        app.add_middleware(DirectClassify)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -56,8 +56,3 @@ async def require_api_key(
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="cxr"'}
-
-
-async def check_request(request: Request) -> None:
-    """require_api_key outside FastAPI's dependency resolution (service.direct): the same header readers."""
-    await require_api_key(request, await _api_key_header(request), await _bearer(request))

@@ -50,8 +50,7 @@ PATH = "/v1/classify"
 
 
 class ClassifyParams(BaseModel):
-    """The query parameters of POST /v1/classify (validated the same way on both paths to the handler:
-    FastAPI's, and service.direct's)."""
+    """The query parameters of POST /v1/classify."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -225,10 +224,7 @@ async def _classify(
     summary="Classify chest X-rays (research use only)",
 )
 async def classify(request: Request, params: Annotated[ClassifyParams, Query()]) -> Response:
-    """One or more PNG, JPEG or DICOM images, as a raw body or as multipart file fields.
-
-    Served by service.direct, which calls this straight from the middleware stack; FastAPI's route
-    declares it (OpenAPI) and serves it wherever that middleware is not installed."""
+    """One or more PNG, JPEG or DICOM images, as a raw body or as multipart file fields."""
     started = time.monotonic()
     model, version, heatmap = params.model, params.version, params.heatmap
     runtime = runtime_of(request)

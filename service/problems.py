@@ -105,12 +105,3 @@ def install(app: FastAPI) -> None:
     """Register the problem+json handlers on an app."""
     for kind, handler in _HANDLERS:
         app.add_exception_handler(kind, handler)
-
-
-async def answer(request: Request, exc: Exception) -> JSONResponse:
-    """The handlers' answer to `exc`, for code that runs outside FastAPI's exception middleware
-    (service.direct); an exception no handler covers is raised again."""
-    for kind, handler in _HANDLERS:
-        if isinstance(exc, kind):
-            return await handler(request, exc)
-    raise exc

@@ -20,7 +20,6 @@ from pydantic import ValidationError
 from service.allocator import retain_freed_memory
 from service.app import begin_drain, create_app
 from service.model import ModelCard, ModelIntegrityError, find_versions, verify_files
-from service.protocol import bulk_protocol
 from service.settings import Settings, from_cli
 
 logger = logging.getLogger(__name__)
@@ -75,7 +74,6 @@ def run(settings: Settings) -> int:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.drain_timeout_s + _RESPONSE_GRACE_S + 0.999),
         server_header=False,
-        http=bulk_protocol() if settings.http_protocol == "bulk" else "auto",
     )
     server = _DrainingServer(config, app)
     server.run()

@@ -93,15 +93,6 @@ class Settings(BaseSettings):
         le=65536,
         description="freed memory glibc keeps for reuse instead of returning it per request (0: its defaults)",
     )
-    classify_route: Literal["direct", "fastapi"] = Field(
-        default="direct",
-        description="direct: POST /v1/classify served from the middleware stack (service/direct.py); "
-        "fastapi: through FastAPI's routing",
-    )
-    http_protocol: Literal["bulk", "stock"] = Field(
-        default="bulk",
-        description="bulk: large bodies read in bulk and copied once (service/protocol.py); stock: uvicorn's",
-    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on shutdown, time to finish queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="log level"

@@ -48,7 +48,7 @@ def _results(**overrides: Any) -> dict[str, Any]:
 def test_acceptance_from_one_run() -> None:
     checks = {check["check"].split(" (")[0]: check for check in acceptance(_results())}
     assert checks["service peak / in-process limit"] == {
-        "check": "service peak / in-process limit", "value": 0.94, "required": ">= 0.9", "pass": True
+        "check": "service peak / in-process limit", "value": 0.94, "required": ">= 0.85", "pass": True
     }  # fmt: skip
     assert checks["service peak / best peer"]["pass"] is None  # no peer ran: not measured, not passed
     assert checks["service peak / naive baseline"]["pass"] is True  # 47 / 30 = 1.57
@@ -60,14 +60,14 @@ def test_acceptance_from_one_run() -> None:
 def test_the_limit_check_is_the_median_of_back_to_back_pairs_when_the_run_has_them() -> None:
     results = _results()
     results["limit"]["images_per_s"] = 58.0  # a fast early round: best against best would be 47 / 58 = 0.81
-    for service, limit in ((45.6, 48.0), (47.0, 54.0), (40.0, 50.0)):  # ratios 0.95, 0.87, 0.80
+    for service, limit in ((45.6, 48.0), (44.0, 54.0), (40.0, 50.0)):  # ratios 0.95, 0.81, 0.80
         results["runs"].append(
             {**_run("service", "closed", 16, service), "repeat": True, "paired_limit": limit}
         )
     checks = acceptance(results)
     paired = next(check for check in checks if check["check"].startswith("service peak / in-process limit"))
     assert "median of 3 back-to-back pairs" in paired["check"]
-    assert paired["value"] == 0.87 and paired["pass"] is False  # the middle ratio, 47 / 54
+    assert paired["value"] == 0.815 and paired["pass"] is False  # the middle ratio, 44 / 54, below 0.85
     best = next(check for check in checks if "best service level / best limit round" in check["check"])
     assert best["value"] == round(47.0 / 58.0, 3) and best["pass"] == "info"
 
