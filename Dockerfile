@@ -32,6 +32,8 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY cxr cxr
+COPY models models
 COPY service service
 COPY export export
 COPY pacs pacs
@@ -45,7 +47,13 @@ RUN if [ "$FLAVOR" = cpu ] && /opt/venv/bin/pip show -q onnxruntime-gpu 2>/dev/n
         && /opt/venv/bin/pip uninstall -y onnxruntime-gpu \
         && /opt/venv/bin/pip install "onnxruntime==${version}"; \
     fi \
-    && /opt/venv/bin/python -c "import onnxruntime, service.app; print('providers:', onnxruntime.get_available_providers())"
+    && /opt/venv/bin/python -c "import onnxruntime; print('providers:', onnxruntime.get_available_providers())"
+# An image that cannot classify is not built: the installed command, from outside the source tree, on the
+# model repository the wheel carries, classifies a generated image.
+RUN cd / && /opt/venv/bin/cxr --help > /dev/null \
+    && /opt/venv/bin/python -c "import cv2, numpy as np; cv2.imwrite('/tmp/probe.png', np.tile(np.arange(256, dtype=np.uint8), (256, 1)))" \
+    && /opt/venv/bin/cxr predict --format jsonl /tmp/probe.png \
+    && rm /tmp/probe.png
 
 # --- runtime: the venv, the model repository, a non-root user.
 FROM base-${FLAVOR} AS runtime
@@ -59,16 +67,15 @@ RUN groupadd --system --gid 10001 cxr \
     && useradd --system --uid 10001 --gid cxr --home-dir /app --no-create-home --shell /usr/sbin/nologin cxr \
     && mkdir -p /var/lib/cxr && chown cxr:cxr /var/lib/cxr
 COPY --from=build /opt/venv /opt/venv
-# Owned by root and read-only to the service: a compromised process cannot swap a model (the service also
-# checks every file's sha256 against its card before loading it).
-COPY models /app/models
+# The bundled model repository is inside the venv (the wheel's `cxr_models`), owned by root and read-only to
+# the service: a compromised process cannot swap a model (the service also checks every file's sha256
+# against its card before loading it). Mount another repository and set CXR_MODEL_DIR to serve it.
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     CXR_HOST=0.0.0.0 \
     CXR_PORT=8000 \
-    CXR_MODEL_DIR=/app/models \
     XDG_STATE_HOME=/var/lib/cxr
 USER 10001:10001
 EXPOSE 8000

@@ -56,6 +56,16 @@ def classify_path(model: OnnxModel, path: str, heatmap_dir: Path | None = None) 
     return record
 
 
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """`cxr predict`'s flags."""
+    parser.add_argument("paths", nargs="+", help="PNG, JPEG or DICOM files")
+    parser.add_argument(
+        "--model", help="model name, version directory, or model.onnx path (default: bundled)"
+    )
+    parser.add_argument("--format", choices=["table", "jsonl"], default="table")
+    parser.add_argument("--heatmap", metavar="DIR", help="write CAM overlay PNGs into DIR")
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         model = load_default(args.model)

@@ -35,6 +35,7 @@ import onnxruntime as ort
 from loadtest import limit, report
 from loadtest.images import Sample, load_samples
 from service.allocator import retain_freed_memory
+from service.cpus import usable_cpus
 from service.decode import ImageFormat
 from service.model import OnnxModel, available_providers, load_default
 from service.settings import Settings
@@ -83,16 +84,12 @@ def default_variants(defaults: Settings) -> dict[str, list[str]]:
     """One setting changed at a time: the decode pool the other way (one thread per core, or one core
     left to ONNX Runtime), and glibc's allocator defaults (service/allocator.py; the limit keeps the
     service's setting)."""
-    cores = _cores()
+    cores = usable_cpus()
     workers = cores if defaults.decode_workers != cores else max(1, cores - 1)
     return {
         f"--decode-workers {workers}": ["--decode-workers", str(workers)],
         "--malloc-retain-mib 0": ["--malloc-retain-mib", "0"],
     }
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
 
 
 def host() -> dict[str, Any]:
@@ -109,7 +106,7 @@ def host() -> dict[str, Any]:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     return {
         "cpu": cpu,
-        "cores": _cores(),
+        "cores": usable_cpus(),
         "memory_gib": round(memory / 2**30, 1),
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -140,7 +137,7 @@ class _Limit:
         self.stages = limit.stage_times(one, plan.samples, repeats=plan.stage_repeats, batch_sizes=self.sizes)
         both = OnnxModel(plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=2)
         workers, threads = budget.decode_workers, budget.intra_op_threads
-        other = _cores() if workers != _cores() else max(1, _cores() - 1)
+        other = usable_cpus() if workers != usable_cpus() else max(1, usable_cpus() - 1)
         self.variants = [
             (one, limit.Pipeline(f"service budget, batch {size}", workers, threads, size))
             for size in self.sizes

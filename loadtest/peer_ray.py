@@ -31,6 +31,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a 
 import ray  # after the environment it reads at import
 from ray import serve
 
+from service.cpus import usable_cpus
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ class Classifier:
             providers=["CPUExecutionProvider"],
             intra_op_threads=intra_op_threads,
         )
-        self.decoder = ThreadPoolExecutor(max_workers=os.cpu_count() or 2)  # as the service: one per core
+        self.decoder = ThreadPoolExecutor(max_workers=usable_cpus())  # as the service: one per core
         self.runner = ThreadPoolExecutor(max_workers=1)
         # @serve.batch's wrapper carries these setters; its annotation does not say so.
         self.infer.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
@@ -103,7 +105,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     ray.init(
-        num_cpus=os.cpu_count() or 2,
+        num_cpus=usable_cpus(),
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}},

@@ -123,7 +123,7 @@ def service_command(
     return [
         sys.executable,
         "-m",
-        "service.cli",
+        "cxr",
         "serve",
         "--host",
         "127.0.0.1",

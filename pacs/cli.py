@@ -26,15 +26,12 @@ DESCRIPTION = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `cxr pacs` on the `cxr` command's subparsers."""
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """`cxr pacs`'s flags: one per PacsSettings field."""
     from pacs.settings import add_cli_flags
 
-    parser = sub.add_parser(
-        "pacs", help="classify radiographs from a PACS, write DICOM SR back", description=DESCRIPTION
-    )
+    parser.description = DESCRIPTION
     add_cli_flags(parser)
-    parser.set_defaults(handler=main)
 
 
 def _on_signals(stop: threading.Event) -> None:
@@ -47,7 +44,7 @@ def _on_signals(stop: threading.Event) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point of `cxr pacs` (service.cli parses the flags)."""
+    """Entry point of `cxr pacs` (cxr.cli parses the flags)."""
     from pacs.settings import from_cli
 
     try:

@@ -13,6 +13,7 @@ global-average of `cam` plus the dense bias is the positive logit).
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -287,5 +288,13 @@ def load_default(model: str | Path | None = None, repository: Path | None = None
 
 
 def default_repository() -> Path:
-    """The bundled `models/` folder (next to the packages in a source checkout)."""
-    return Path(__file__).resolve().parent.parent / "models"
+    """The bundled model repository: `models/` beside the packages in a source checkout, else the copy an
+    installed wheel carries as the data package `cxr_models`. (`--model-dir` / `CXR_MODEL_DIR` choose
+    another; a folder that holds no model is refused at start-up with its path.)"""
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    if checkout.is_dir():
+        return checkout
+    spec = importlib.util.find_spec("cxr_models")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return checkout

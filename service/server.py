@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from service.allocator import retain_freed_memory
 from service.app import begin_drain, create_app
 from service.model import ModelCard, ModelIntegrityError, find_versions, verify_files
-from service.settings import Settings, from_cli
+from service.settings import Settings, add_cli_flags, from_cli
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +80,13 @@ def run(settings: Settings) -> int:
     return 0 if server.started else 3
 
 
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """`cxr serve`'s flags: one per Settings field."""
+    add_cli_flags(parser)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Entry point of `cxr serve` (service.cli parses the flags)."""
+    """Entry point of `cxr serve` (cxr.cli parses the flags)."""
     try:
         settings = from_cli(args)
     except ValidationError as error:

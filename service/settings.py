@@ -8,7 +8,6 @@ import time, so a test can pass `Settings(model_dir=tmp_path)` directly.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import types
 import typing
@@ -18,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.cpus import usable_cpus
 from service.decode import DEFAULT_MAX_PIXELS
 from service.model import default_repository, find_versions
 
@@ -31,7 +31,7 @@ def _default_decode_workers() -> int:
     # times its inference (~3 ms), so a core kept for ONNX Runtime mostly idles. Measured on 2 cores,
     # full-size JPEGs, 8 clients, with the tiny test model: 40 -> 60-70 images/s; `cxr bench` measures the
     # bundled model both ways (docs/benchmarks.md, "Service settings").
-    return max(1, os.cpu_count() or 2)
+    return usable_cpus()
 
 
 class Settings(BaseSettings):
@@ -125,7 +125,10 @@ class Settings(BaseSettings):
     def _check_repository(self) -> Settings:
         versions = find_versions(self.model_dir)
         if not versions:
-            raise ValueError(f"model_dir {self.model_dir} holds no model (<name>/<version>/card.json)")
+            raise ValueError(
+                f"model_dir {self.model_dir} holds no model (<name>/<version>/card.json): point --model-dir "
+                "or CXR_MODEL_DIR at a model repository"
+            )
         names = {version.parent.name for version in versions}
         if self.default_model is not None and self.default_model not in names:
             raise ValueError(

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -203,9 +204,9 @@ def test_compose_pacs_bridge_flags_are_flags_of_cxr_pacs(compose: dict[str, Any]
     assert arguments[arguments.index("--service-url") + 1] == "http://nginx:8080"
     assert '"$@"' in bridge["entrypoint"][2]  # the loop hands `command` to `cxr pacs` unchanged
     if importlib.util.find_spec("pacs.cli") is not None:
-        from service.cli import build_parser
+        from cxr.cli import build_parser
 
-        parsed = build_parser().parse_args(["pacs", *arguments])
+        parsed = build_parser(["pacs"]).parse_args(["pacs", *arguments])
     else:
         # Until `cxr pacs` is wired into the CLI, check against the flags it is built from.
         parser = argparse.ArgumentParser(prog="cxr pacs")
@@ -229,3 +230,32 @@ def test_compose_locust_runs_the_repository_locustfile(compose: dict[str, Any]) 
     with (ROOT / "pyproject.toml").open("rb") as handle:
         extras = tomllib.load(handle)["project"]["optional-dependencies"]
     assert any(requirement.startswith("locust") for requirement in extras[extra])
+
+
+def _pacs_loop(compose: dict[str, Any], *arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """The pacs service's entrypoint loop, run by a real sh with the real `cxr` on PATH."""
+    entrypoint = compose["services"]["pacs"]["entrypoint"]
+    environment = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "CXR_PACS_INTERVAL_S": "0",
+    }
+    for variable in ("CXR_PACS_DICOMWEB_URL", "CXR_PACS_DIMSE_HOST"):
+        environment.pop(variable, None)
+    return subprocess.run(
+        [*entrypoint, *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_compose_pacs_loop_stops_on_bad_settings_with_their_status(compose: dict[str, Any]) -> None:
+    """Regression: the loop used to log 'retrying' forever whatever `cxr pacs` exited with."""
+    if shutil.which("sh") is None or not (Path(sys.executable).parent / "cxr").exists():
+        pytest.skip("needs sh and the installed `cxr` command beside this interpreter")
+    completed = _pacs_loop(compose, "--study-date", "2024-01-01", timeout=120)  # no PACS given: exit 2
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    assert "not retried" in completed.stderr

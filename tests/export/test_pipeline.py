@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the [train] extra is not installed")
 
+from cxr.cli import main as cxr
 from export.dataset import read_manifest, read_split
-from service.cli import main as cxr
 from service.model import OnnxModel
 
 
@@ -166,7 +166,7 @@ def test_evaluate_and_predict_on_the_exported_model(exported: Path, synthetic_ma
         [
             sys.executable,
             "-m",
-            "service.cli",
+            "cxr",
             "predict",
             str(image),
             "--model",

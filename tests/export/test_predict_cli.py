@@ -21,9 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _cxr(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, "-m", "cxr", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_predict_png_prints_label_and_probabilities(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("tensorflow", reason="the [train] extra is not installed")
 
+from cxr.cli import main as cxr
 from export.dataset import Row
 from export.train import (
     Example,
@@ -21,7 +22,6 @@ from export.train import (
     reversal_strength,
     source_gap_auroc,
 )
-from service.cli import main as cxr
 from service.preprocess import Geometry
 
 

@@ -191,7 +191,7 @@ class Service:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         env.pop("CXR_API_KEYS", None)
         command = [
-            sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            sys.executable, "-m", "cxr", "serve", "--host", "127.0.0.1", "--port", str(self.port),
             "--model-dir", str(self.model_dir), "--providers", "CPUExecutionProvider", "--decode-workers", "1",
             *self.flags,
         ]  # fmt: skip
@@ -284,10 +284,10 @@ def load(data: bytes) -> Dataset:
 
 
 def cxr(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run the `cxr` command (python -m service.cli) and capture its output."""
+    """Run the `cxr` command (python -m cxr) and capture its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
+        [sys.executable, "-m", "cxr", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

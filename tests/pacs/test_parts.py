@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pacs.cli import add_parser, main
+from cxr.cli import build_parser
+from pacs.cli import main
 from pacs.dicomweb import split_multipart
 from pacs.retry import Backoff, Permanent, Transient, retry
 from pacs.settings import PacsSettings, add_cli_flags, from_cli
@@ -52,11 +53,7 @@ def test_flags_override_environment_and_lists_repeat(monkeypatch: pytest.MonkeyP
 def test_bad_settings_exit_2(argv: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     for variable in ("CXR_PACS_DICOMWEB_URL", "CXR_PACS_DIMSE_HOST"):
         monkeypatch.delenv(variable, raising=False)
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    args = parser.parse_args(["pacs", *argv])
-    assert args.handler is main
+    args = build_parser(["pacs", *argv]).parse_args(["pacs", *argv])
     assert main(args) == 2
 
 

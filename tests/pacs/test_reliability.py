@@ -55,7 +55,7 @@ def test_sigkill_mid_pass_then_rerun_gives_exactly_one_sr_per_image(
     uids = _upload_set(orthanc, 24)
     report = tmp_path / "report.jsonl"
     command = [
-        sys.executable, "-m", "service.cli", "pacs", "--dicomweb-url", orthanc.dicomweb,
+        sys.executable, "-m", "cxr", "pacs", "--dicomweb-url", orthanc.dicomweb,
         "--service-url", service.url, "--state", str(tmp_path / "state.sqlite"), "--report", str(report),
         "--workers", "1", "--progress", "off",
     ]  # fmt: skip

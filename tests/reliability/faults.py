@@ -234,6 +234,6 @@ def checksum_mismatch(model_dir: Path) -> ChecksumFigures:
     model_file = model_dir / "tiny" / "1" / "model.onnx"
     model_file.write_bytes(model_file.read_bytes()[:-1] + bytes([model_file.read_bytes()[-1] ^ 1]))
     started = time.monotonic()
-    command = [sys.executable, "-m", "service.cli", "serve", "--model-dir", str(model_dir), "--port", "0"]
+    command = [sys.executable, "-m", "cxr", "serve", "--model-dir", str(model_dir), "--port", "0"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     return ChecksumFigures(done.returncode, time.monotonic() - started, done.stdout + done.stderr)

@@ -46,7 +46,7 @@ class Server:
 def _start(model_dir: Path, log: Path, *flags: str) -> Server:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("CXR_API_KEYS", None)
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command = [sys.executable, "-m", "cxr", "serve", "--host", "127.0.0.1", "--port", "0"]
     command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)

@@ -81,7 +81,7 @@ async def test_predict_overlay_uses_the_same_cam_as_the_api(fine_model_dir: Path
     source.write_bytes(encode(_bordered_blob()))
     heatmaps = tmp_path / "heatmaps"
     version_dir = fine_model_dir / "tiny" / "1"
-    command = [sys.executable, "-m", "service.cli", "predict", str(source), "--model", str(version_dir)]
+    command = [sys.executable, "-m", "cxr", "predict", str(source), "--model", str(version_dir)]
     command += ["--heatmap", str(heatmaps), "--format", "jsonl"]
     predicted = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert predicted.returncode == 0, predicted.stderr
