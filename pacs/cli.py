@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.flags import report_invalid
+
 logger = logging.getLogger(__name__)
 
 EXIT_SETTINGS = 2
@@ -50,9 +52,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = from_cli(args)
     except ValidationError as error:
-        for problem in error.errors(include_input=False, include_url=False):
-            where = ".".join(str(part) for part in problem["loc"]) or "settings"
-            logger.error("invalid setting %s: %s", where, problem["msg"])
+        report_invalid(error, logger)
         return EXIT_SETTINGS
     return run(settings)
 

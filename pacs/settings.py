@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pacs.retry import Backoff
+from service.flags import add_flags, from_flags, split_commas
 
 CommaList = Annotated[list[str], NoDecode]
 _DATE_RANGE = r"^(\d{8})?(-(\d{8})?)?$"
@@ -89,11 +88,7 @@ class PacsSettings(BaseSettings):
     @field_validator("modalities", "study_uids", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        if isinstance(value, list):  # repeated flags, each possibly comma-separated
-            return [part.strip() for item in value for part in str(item).split(",") if part.strip()]
-        return value
+        return split_commas(value)
 
     @field_validator("modalities")
     @classmethod
@@ -136,55 +131,11 @@ class PacsSettings(BaseSettings):
         return self.spool_dir or self.state.parent / "spool"
 
 
-def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return type(args[0]), list(args)
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _flag_type(args[0])
-    if annotation is SecretStr or origin is Annotated or origin is list:
-        return str, None
-    return annotation, None
-
-
 def add_cli_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field; booleans get `--x/--no-x`; lists may repeat or be comma-separated."""
-    hints = typing.get_type_hints(PacsSettings, include_extras=True)
-    for name, info in PacsSettings.model_fields.items():
-        flag = f"--{name.replace('_', '-')}"
-        help_text = f"{info.description} (env CXR_PACS_{name.upper()})"
-        kind, choices = _flag_type(hints[name])
-        if kind is bool:
-            parser.add_argument(
-                flag,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif typing.get_origin(hints[name]) is Annotated:  # CommaList
-            parser.add_argument(
-                flag.removesuffix("s") if name != "modalities" else "--modality",
-                dest=name,
-                action="append",
-                default=argparse.SUPPRESS,
-                metavar="MODALITY" if name == "modalities" else name.upper().removesuffix("S"),
-                help=help_text + "; repeat or separate with commas",
-            )
-        else:
-            parser.add_argument(
-                flag,
-                dest=name,
-                type=kind,
-                choices=choices,
-                default=argparse.SUPPRESS,
-                metavar=None if choices else name.upper(),
-                help=help_text,
-            )
+    """One flag per field (service.flags); `modalities` is `--modality`, repeated once per value."""
+    add_flags(parser, PacsSettings, list_flags={"modalities": "--modality", "study_uids": "--study-uid"})
 
 
 def from_cli(args: argparse.Namespace) -> PacsSettings:
     """Settings from parsed flags, falling back to `CXR_PACS_*` variables and the defaults."""
-    given = {name: value for name, value in vars(args).items() if name in PacsSettings.model_fields}
-    return PacsSettings(**given)
+    return from_flags(PacsSettings, args)

@@ -39,6 +39,7 @@ from service.schemas import (
     ModelRef,
     Timing,
 )
+from service.settings import Settings
 from service.uploads import Upload, read_uploads
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ def runtime_of(request: Request) -> Runtime:
     return cast(Runtime, request.app.state.runtime)
 
 
-def _prepare(upload: Upload, model: OnnxModel, max_pixels: int) -> _Prepared:
-    decoded = decode(upload.data, max_pixels=max_pixels, fmt=upload.fmt)
+def _prepare(upload: Upload, model: OnnxModel, settings: Settings) -> _Prepared:
+    decoded = decode(
+        upload.data, max_pixels=settings.max_pixels, fmt=upload.fmt, policy=settings.dicom_policy
+    )
     tensor, geometry = model.prepare(decoded.pixels)
     return _Prepared(tensor, geometry, decoded)
 
@@ -128,11 +131,11 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None
 
 async def _prepare_all(runtime: Runtime, served: ServedModel, uploads: list[Upload]) -> list[_Prepared]:
     loop = asyncio.get_running_loop()
-    max_pixels = runtime.settings.max_pixels
+    settings = runtime.settings
 
     async def one(index: int, upload: Upload) -> _Prepared:
         try:
-            return await loop.run_in_executor(runtime.pool, _prepare, upload, served.model, max_pixels)
+            return await loop.run_in_executor(runtime.pool, _prepare, upload, served.model, settings)
         except CxrError as error:
             if len(uploads) == 1:
                 raise

@@ -18,12 +18,15 @@ import traceback
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
 
 from service.errors import CxrError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+if TYPE_CHECKING:  # service.dicom imports this module (and pydicom, lazily)
+    from service.dicom import DicomPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -171,12 +174,12 @@ def check_deflated_dicom(data: bytes, offset: int, max_pixels: int) -> None:
         raise InvalidImage("The deflated DICOM dataset is corrupt (zlib stream error).") from None
 
 
-def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode_dicom(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
     """service.dicom.decode_dicom, with every parser failure answered as InvalidImage."""
     from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
 
     try:
-        return decode_dicom(data, max_pixels=max_pixels)
+        return decode_dicom(data, max_pixels=max_pixels, policy=policy)
     except CxrError:
         raise
     except BaseException as error:
@@ -196,17 +199,17 @@ def _decode_dicom(data: bytes, max_pixels: int) -> DecodedImage:
         raise InvalidImage(f"The DICOM file could not be read ({type(error).__name__}).") from None
 
 
-def _decode_dicom_file(data: bytes, max_pixels: int) -> DecodedImage:
+def _decode_dicom_file(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
     syntax, offset = _file_meta(data)
     if syntax == _DEFLATED_DICOM:
         check_deflated_dicom(data, offset, max_pixels)
     if syntax is None or syntax in _NATIVE_DICOM:
-        return _decode_dicom(data, max_pixels)
+        return _decode_dicom(data, max_pixels, policy)
     # Compressed pixel data goes through native codecs, GDCM among them, which can abort the process on
     # hostile input (service.sandbox): decoded in a child process.
     from service.sandbox import run_isolated
 
-    return run_isolated(_decode_dicom, data, max_pixels)
+    return run_isolated(_decode_dicom, data, max_pixels, policy)
 
 
 def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
@@ -265,9 +268,14 @@ def _to_gray8(pixels: np.ndarray) -> np.ndarray:
 
 
 def decode(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, fmt: ImageFormat | None = None
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    fmt: ImageFormat | None = None,
+    policy: DicomPolicy | None = None,
 ) -> DecodedImage:
-    """Decode PNG, JPEG or DICOM bytes to 8-bit grayscale at training scale.
+    """Decode PNG, JPEG or DICOM bytes to 8-bit grayscale at training scale. `policy` says which DICOM
+    images are accepted (default: service.dicom.DicomPolicy's defaults; the service passes its settings').
 
     Raises InvalidImage (corrupt or empty), PayloadTooLarge (over `max_pixels`, from the header) or
     UnsupportedMediaType (not PNG, JPEG or DICOM).
@@ -280,7 +288,7 @@ def decode(
     if fmt is not None and fmt != sniffed:
         raise InvalidImage(f"Content-Type says {fmt} but the bytes are {sniffed}.")
     if sniffed == "dicom":
-        return _decode_dicom_file(data, max_pixels)
+        return _decode_dicom_file(data, max_pixels, policy)
     width, height = header_size(data, sniffed)
     check_pixel_limit(width, height, max_pixels)
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -300,7 +308,9 @@ def _is_parser_failure(error: BaseException) -> bool:
     return isinstance(error, Exception) or type(error).__name__ == "PanicException"
 
 
-def decode_file(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_file(
+    path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS, policy: DicomPolicy | None = None
+) -> DecodedImage:
     """Read and decode a file; the same path as the service takes for uploaded bytes."""
     with open(path, "rb") as handle:
-        return decode(handle.read(), max_pixels=max_pixels)
+        return decode(handle.read(), max_pixels=max_pixels, policy=policy)

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,20 +63,6 @@ class DicomPolicy:
     check_body_part: bool = True
     """Refuse a BodyPartExamined that is present and not a chest."""
     chest_body_parts: frozenset[str] = field(default=CHEST_BODY_PARTS)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> DicomPolicy:
-        """From `CXR_DICOM_MODALITIES` (comma-separated; empty: any) and `CXR_DICOM_CHECK_BODY_PART`."""
-        env = os.environ if environ is None else environ
-        raw = env.get("CXR_DICOM_MODALITIES", "CR,DX,DR")
-        modalities = frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
-        check = env.get("CXR_DICOM_CHECK_BODY_PART", "true").strip().lower() not in (
-            "0",
-            "false",
-            "no",
-            "off",
-        )
-        return cls(modalities=modalities, check_body_part=check)
 
 
 def _read_dataset(data: bytes) -> Any:
@@ -161,10 +145,10 @@ def decode_dicom(data: bytes, *, max_pixels: int, policy: DicomPolicy | None = N
 
     Raises UnsupportedDicom (no pixels, multi-frame, colour, refused modality or body part),
     InvalidImage (unreadable or undecodable) or PayloadTooLarge (Rows x Columns over `max_pixels`, checked
-    before the pixels are decoded). `policy` defaults to the `CXR_DICOM_*` environment, read per call.
+    before the pixels are decoded). `policy` defaults to DicomPolicy() (CR, DX, DR; chest body parts).
     """
     ds = _read_dataset(data)
-    flags = check_tags(ds, policy or DicomPolicy.from_env())
+    flags = check_tags(ds, policy or DicomPolicy())
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_pixel_limit(columns, rows, max_pixels)
     stored = _stored_pixels(ds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import socket
 from types import FrameType
 
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from service.allocator import retain_freed_memory
 from service.app import begin_drain, create_app
+from service.flags import report_invalid
 from service.model import ModelCard, ModelIntegrityError, find_versions, verify_files
 from service.settings import Settings, add_cli_flags, from_cli
 
@@ -76,6 +78,12 @@ def run(settings: Settings) -> int:
         server_header=False,
     )
     server = _DrainingServer(config, app)
+    # uvicorn installs its own SIGINT/SIGTERM handlers while it serves, and on the way out restores the ones
+    # it found and raises the signal again for them. The handler found is this one, so a drained service
+    # exits 0 (Docker, Kubernetes and systemd read 143 as a kill); a signal arriving before uvicorn's
+    # handlers are in place starts the same drain.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, server.handle_exit)
     server.run()
     return 0 if server.started else 3
 
@@ -90,10 +98,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         settings = from_cli(args)
     except ValidationError as error:
-        # include_input=False: never echo values back (an API key could be among them).
-        for problem in error.errors(include_input=False, include_url=False):
-            where = ".".join(str(part) for part in problem["loc"]) or "settings"
-            logger.error("invalid setting %s: %s", where, problem["msg"])
+        report_invalid(error, logger)
         return 2
     logging.getLogger().setLevel(settings.log_level.upper())
     if not logging.getLogger().handlers:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,6 +17,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.cpus import usable_cpus
 from service.decode import DEFAULT_MAX_PIXELS
+from service.dicom import DicomPolicy
+from service.flags import add_flags, from_flags, split_commas
 from service.model import default_repository, find_versions
 
 CommaList = Annotated[list[str], NoDecode]
@@ -93,6 +93,13 @@ class Settings(BaseSettings):
         le=65536,
         description="freed memory glibc keeps for reuse instead of returning it per request (0: its defaults)",
     )
+    dicom_modalities: CommaList = Field(
+        default_factory=lambda: ["CR", "DX", "DR"],
+        description="DICOM Modality values accepted (empty: any); others are refused with 400",
+    )
+    dicom_check_body_part: bool = Field(
+        default=True, description="refuse DICOM whose BodyPartExamined is present and not a chest"
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on shutdown, time to finish queued work")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="log level"
@@ -101,12 +108,18 @@ class Settings(BaseSettings):
         default_factory=list, description="origins allowed by CORS (default: none)"
     )
 
-    @field_validator("providers", "api_keys", "cors_origins", mode="before")
+    @property
+    def dicom_policy(self) -> DicomPolicy:
+        """Which DICOM images the decoder accepts (service.dicom)."""
+        return DicomPolicy(
+            modalities=frozenset(modality.upper() for modality in self.dicom_modalities),
+            check_body_part=self.dicom_check_body_part,
+        )
+
+    @field_validator("providers", "api_keys", "cors_origins", "dicom_modalities", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_commas(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -137,36 +150,11 @@ class Settings(BaseSettings):
         return self
 
 
-def _flag_type(annotation: Any) -> tuple[Any, list[Any] | None]:
-    """argparse `type` and `choices` for a field annotation (lists stay comma-separated strings)."""
-    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return type(args[0]), list(args)
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _flag_type(args[0])
-    if origin is Annotated or origin is list:
-        return str, None
-    return annotation, None
-
-
 def add_cli_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per Settings field; an absent flag leaves the environment or the default in force."""
-    hints = typing.get_type_hints(Settings, include_extras=True)
-    for name, info in Settings.model_fields.items():
-        kind, choices = _flag_type(hints[name])
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            type=kind,
-            choices=choices,
-            default=argparse.SUPPRESS,
-            metavar=None if choices else name.upper(),
-            help=f"{info.description} (env CXR_{name.upper()})",
-        )
+    """One `--flag` per Settings field (service.flags)."""
+    add_flags(parser, Settings)
 
 
 def from_cli(args: argparse.Namespace) -> Settings:
     """Settings from parsed flags, falling back to `CXR_*` variables and the defaults."""
-    given = {name: value for name, value in vars(args).items() if name in Settings.model_fields}
-    return Settings(**given)
+    return from_flags(Settings, args)

@@ -23,6 +23,7 @@ from service.classify import runtime_of
 from service.decode import decode
 from service.errors import DeadlineExceeded, InvalidParameter, NotFound
 from service.schemas import PROBLEM_RESPONSES
+from service.settings import Settings
 from service.uploads import Upload, read_uploads
 
 router = APIRouter()
@@ -80,8 +81,10 @@ async def static(request: Request, name: str) -> Response:
     return _serve(request, name)
 
 
-def _decoded_png(upload: Upload, max_pixels: int) -> bytes:
-    pixels = decode(upload.data, max_pixels=max_pixels, fmt=upload.fmt).pixels
+def _decoded_png(upload: Upload, settings: Settings) -> bytes:
+    pixels = decode(
+        upload.data, max_pixels=settings.max_pixels, fmt=upload.fmt, policy=settings.dicom_policy
+    ).pixels
     # Compression level 1: the page waits on this, and a 320-px grey image is small either way.
     ok, png = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
@@ -117,7 +120,7 @@ async def decoded(request: Request) -> Response:
             # Same bounded pool and admission as classification: a flood of previews cannot starve it.
             with runtime.admit(1):
                 loop = asyncio.get_running_loop()
-                png = await loop.run_in_executor(runtime.pool, _decoded_png, uploads[0], settings.max_pixels)
+                png = await loop.run_in_executor(runtime.pool, _decoded_png, uploads[0], settings)
     except TimeoutError:
         if timeout.expired():
             raise DeadlineExceeded(

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from service import cli
+from cxr import cli
 from service.model import OnnxModel
 
 _DELAY_S = float(os.environ.get("CXR_TEST_BATCH_DELAY_S", "0"))

@@ -5,8 +5,11 @@ Synthetic images whose display values are known, written in every pixel format t
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -23,6 +26,7 @@ from pydicom.uid import (
 from service.decode import decode
 from service.dicom import DicomPolicy, decode_dicom, display_values, window
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedDicom, UnsupportedMediaType
+from service.settings import Settings, add_cli_flags, from_cli
 from tests.dicoms import make_dicom, phantom, quantise, variants
 
 MAX_PIXELS = 10_000_000
@@ -173,16 +177,26 @@ def test_refusals_are_unsupported_dicom(changes: dict[str, object], message: str
         decode(data)
 
 
-def test_policy_is_configurable_by_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_is_configurable_by_settings_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     hand_mr = make_dicom(quantise(IMAGE, 12), bits_stored=12, modality="MR", body_part="HAND")
     lenient = DicomPolicy(modalities=frozenset(), check_body_part=False)
     assert decode_dicom(hand_mr, max_pixels=MAX_PIXELS, policy=lenient).pixels.size
-    monkeypatch.setenv("CXR_DICOM_MODALITIES", "MR")
+    with pytest.raises(UnsupportedDicom, match="Modality MR"):
+        decode(hand_mr)  # the defaults: CR, DX, DR; chest only
+    monkeypatch.setenv("CXR_DICOM_MODALITIES", "mr")
     monkeypatch.setenv("CXR_DICOM_CHECK_BODY_PART", "false")
-    assert decode(hand_mr).format == "dicom"  # read per call, not at import
-    monkeypatch.setenv("CXR_DICOM_CHECK_BODY_PART", "true")
+    from_environment = Settings().dicom_policy
+    assert from_environment == DicomPolicy(modalities=frozenset({"MR"}), check_body_part=False)
+    assert decode(hand_mr, policy=from_environment).format == "dicom"
+    parser = argparse.ArgumentParser()
+    add_cli_flags(parser)
+    flags = from_cli(parser.parse_args(["--dicom-modalities", "", "--dicom-check-body-part"]))
+    assert flags.dicom_policy == DicomPolicy(modalities=frozenset(), check_body_part=True)  # flags win
     with pytest.raises(UnsupportedDicom, match="HAND"):
-        decode(hand_mr)
+        decode(hand_mr, policy=flags.dicom_policy)
+    monkeypatch.setenv("CXR_DICOM_CHECK_BODY_PART", "maybe")
+    with pytest.raises(ValidationError, match="dicom_check_body_part"):
+        Settings()  # refused at start-up, not read as true
 
 
 def test_no_pixel_data_not_dicom_and_pixel_limit() -> None:

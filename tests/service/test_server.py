@@ -128,7 +128,7 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
     assert [r.status_code for r in responses] == [200] * 4  # queued work finished, none failed
     assert answered_after < 10
     assert late_status in (0, 503)
-    assert returncode in (0, -signal.SIGTERM), log  # uvicorn re-raises the signal after a clean stop
+    assert returncode == 0, log  # drained: a clean stop, not a kill (uvicorn re-raises into our handler)
     assert "draining" in log and "Application shutdown complete" in log
     # One access line per request, with the classification details on it, and no second line.
     request_id = single.headers["x-request-id"]
