@@ -16,6 +16,7 @@ import logging
 import struct
 import traceback
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -140,18 +141,35 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
 
 def _file_meta(data: bytes) -> tuple[str | None, int]:
     """(Transfer Syntax UID, offset of the dataset) as pydicom's reader will see them, without reading the
-    dataset; (None, 0) when there is no readable File Meta group (pydicom then assumes a native syntax)."""
-    from pydicom.filereader import _read_command_set_elements, _read_file_meta_info, read_preamble
+    dataset; (None, 0) when there is no readable File Meta group (pydicom then assumes a native syntax).
+
+    The steps pydicom.dcmread takes before the dataset, through its public reader: the preamble, the File
+    Meta group (0002; Explicit VR Little Endian per PS3.10 7.1, read as implicit VR when that fails, as
+    dcmread does) and any Command Set group (0000; Implicit VR Little Endian per PS3.7 6.3)."""
+    from pydicom.filereader import read_dataset, read_preamble
 
     stream = io.BytesIO(data)
-    try:  # the same calls, in the same order, as pydicom.dcmread (values convert lazily: .get inside)
+    try:  # values convert lazily: reading one inside the guard
         read_preamble(stream, True)
-        meta = _read_file_meta_info(stream)
-        _read_command_set_elements(stream)
-        syntax = meta.get("TransferSyntaxUID", None)
+        start = stream.tell()
+        meta = read_dataset(stream, is_implicit_VR=False, is_little_endian=True, stop_when=_not_group(2))
+        try:
+            syntax = meta.get("TransferSyntaxUID", None)
+            for element in meta:  # a wrongly encoded group fails here, as in dcmread
+                _ = element.value
+        except NotImplementedError:
+            stream.seek(start)
+            meta = read_dataset(stream, is_implicit_VR=True, is_little_endian=True, stop_when=_not_group(2))
+            syntax = meta.get("TransferSyntaxUID", None)
+        read_dataset(stream, is_implicit_VR=True, is_little_endian=True, stop_when=_not_group(0))
     except Exception:  # dcmread raises the same on these bytes, and that path is guarded
         return None, 0
     return (str(syntax) if syntax else None), stream.tell()
+
+
+def _not_group(group: int) -> Callable[[int, str | None, int], bool]:
+    """A read_dataset `stop_when`: stop before the first element outside `group`."""
+    return lambda tag, vr, length: tag >> 16 != group
 
 
 def check_deflated_dicom(data: bytes, offset: int, max_pixels: int) -> None:

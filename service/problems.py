@@ -82,7 +82,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else ""
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:  # a status code HTTPStatus does not name
+        title = "Error"
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None
     return problem(
         status=status,

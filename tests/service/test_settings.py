@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -47,11 +48,11 @@ def test_flags_override_the_environment(model_dir: Path, monkeypatch: pytest.Mon
 
 
 def test_every_field_has_a_flag() -> None:
-    flags = {action.dest for action in argparse.ArgumentParser()._actions}
     parser = argparse.ArgumentParser()
     add_cli_flags(parser)
-    flags = {action.dest for action in parser._actions} - flags
-    assert flags == set(Settings.model_fields)
+    listed = set(re.findall(r"--([a-z0-9-]+)", parser.format_help())) - {"help"}
+    listed -= {f"no-{name}" for name in listed}  # a boolean's --no-x
+    assert listed == {name.replace("_", "-") for name in Settings.model_fields}
     with pytest.raises(SystemExit):
         parse("--overload-status", "500")
 
