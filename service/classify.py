@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import require_api_key
 from service.batcher import BatchResult
 from service.decode import DecodedImage, decode
-from service.errors import CxrError, DeadlineExceeded, InvalidParameter
+from service.errors import CxrError, InvalidParameter, request_deadline
 from service.model import ModelCard, OnnxModel
 from service.preprocess import Geometry, cam_levels
 from service.repository import ServedModel
@@ -237,20 +237,10 @@ async def classify(request: Request, params: Annotated[ClassifyParams, Query()])
     if heatmap and "cam" not in served.model.output_names:
         raise InvalidParameter(f"Model {served.key} has no class activation map output; drop heatmap=true.")
     deadline = started + settings.request_timeout_s
-    timeout = asyncio.timeout(settings.request_timeout_s)
-    try:
-        async with timeout:
-            uploads = await read_uploads(
-                request, settings.max_upload_bytes, max_files=settings.queue_capacity
-            )
-            work = _classify(runtime, served, uploads, started=started, deadline=deadline, heatmap=heatmap)
-            results = await _unless_disconnected(request, work)
-    except TimeoutError:
-        if timeout.expired():
-            raise DeadlineExceeded(
-                f"The request took longer than its {settings.request_timeout_s:g} s deadline."
-            ) from None
-        raise
+    async with request_deadline(settings.request_timeout_s):
+        uploads = await read_uploads(request, settings.max_upload_bytes, max_files=settings.queue_capacity)
+        work = _classify(runtime, served, uploads, started=started, deadline=deadline, heatmap=heatmap)
+        results = await _unless_disconnected(request, work)
     request_id = str(request.state.request_id)
     if results is None:
         logger.info("request_id=%s client disconnected; its queued images were dropped", request_id)

@@ -6,6 +6,10 @@ Messages never carry pixel data or patient identifiers: they describe sizes, typ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 
 class CxrError(Exception):
     """Base class: an error with an HTTP status, a short title and a human-readable detail."""
@@ -103,3 +107,18 @@ class DeadlineExceeded(CxrError):
     status = 504
     title = "Deadline exceeded"
     slug = "deadline-exceeded"
+
+
+@contextlib.asynccontextmanager
+async def request_deadline(seconds: float) -> AsyncIterator[None]:
+    """Run the block under the request's deadline: when `seconds` pass, the block is cancelled (queued
+    images are dropped with it) and DeadlineExceeded (504) is raised. A TimeoutError from inside the block
+    that is not this deadline's passes through unchanged."""
+    timeout = asyncio.timeout(seconds)
+    try:
+        async with timeout:
+            yield
+    except TimeoutError:
+        if timeout.expired():
+            raise DeadlineExceeded(f"The request took longer than its {seconds:g} s deadline.") from None
+        raise

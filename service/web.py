@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.auth import require_api_key
 from service.classify import runtime_of
 from service.decode import decode
-from service.errors import DeadlineExceeded, InvalidParameter, NotFound
+from service.errors import InvalidParameter, NotFound, request_deadline
 from service.schemas import PROBLEM_RESPONSES
 from service.settings import Settings
 from service.uploads import Upload, read_uploads
@@ -111,20 +111,12 @@ async def decoded(request: Request) -> Response:
     runtime = runtime_of(request)
     settings = runtime.settings
     runtime.check_accepting()
-    timeout = asyncio.timeout(settings.request_timeout_s)
-    try:
-        async with timeout:
-            uploads = await read_uploads(request, settings.max_upload_bytes, max_files=1)
-            if len(uploads) != 1:
-                raise InvalidParameter("Send exactly one image.")
-            # Same bounded pool and admission as classification: a flood of previews cannot starve it.
-            with runtime.admit(1):
-                loop = asyncio.get_running_loop()
-                png = await loop.run_in_executor(runtime.pool, _decoded_png, uploads[0], settings)
-    except TimeoutError:
-        if timeout.expired():
-            raise DeadlineExceeded(
-                f"The request took longer than its {settings.request_timeout_s:g} s deadline."
-            ) from None
-        raise
+    async with request_deadline(settings.request_timeout_s):
+        uploads = await read_uploads(request, settings.max_upload_bytes, max_files=1)
+        if len(uploads) != 1:
+            raise InvalidParameter("Send exactly one image.")
+        # Same bounded pool and admission as classification: a flood of previews cannot starve it.
+        with runtime.admit(1):
+            loop = asyncio.get_running_loop()
+            png = await loop.run_in_executor(runtime.pool, _decoded_png, uploads[0], settings)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
