@@ -18,6 +18,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import (
     JPEG2000,
     ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -27,6 +28,11 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+
+PATIENT_NAME = "Doe^Janet"
+PATIENT_ID = "PID-31337"
+IDENTIFYING_FILENAME = "Janet_Doe_PID-31337_chest.png"
+"""Identifiers that must never reach a log line (tests/service/test_server.py greps for them)."""
 
 LOSSLESS_SYNTAXES = (ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless, JPEGLosslessSV1)
 
@@ -61,9 +67,14 @@ def make_dicom(
     series_uid: str | None = None,
     sop_uid: str | None = None,
     patient_id: str = "TEST-0001",
+    patient_name: str = "Test^Synthetic",
     extra: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
 ) -> bytes:
-    """Part 10 bytes of a one-frame grayscale image holding `stored` (integer stored values) as given."""
+    """Part 10 bytes of a one-frame grayscale image holding `stored` (integer stored values) as given.
+
+    `extra` tags are set before the pixels are encoded; `after` tags once they are, so they may lie about
+    the pixels (bombs, truncations)."""
     sop_class = (
         ComputedRadiographyImageStorage if modality == "CR" else DigitalXRayImageStorageForPresentation
     )
@@ -77,7 +88,7 @@ def make_dicom(
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = series_uid or generate_uid()
-    ds.PatientName = "Test^Synthetic"
+    ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = "O"
@@ -113,6 +124,8 @@ def make_dicom(
     ]
     ds.PixelData = stored.astype(dtype).tobytes()
     _compress(ds, transfer_syntax, stored)
+    for keyword, value in (after or {}).items():
+        setattr(ds, keyword, value)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -121,7 +134,9 @@ def make_dicom(
 def _compress(ds: Dataset, syntax: str, stored: np.ndarray) -> None:
     if syntax == ExplicitVRLittleEndian:
         return
-    if syntax in (RLELossless, JPEG2000Lossless, JPEGLSLossless):
+    if syntax == DeflatedExplicitVRLittleEndian:  # pydicom deflates the dataset when it writes the file
+        ds.file_meta.TransferSyntaxUID = syntax
+    elif syntax in (RLELossless, JPEG2000Lossless, JPEGLSLossless):
         ds.compress(syntax)
     elif syntax == JPEG2000:
         ds.compress(syntax, j2k_cr=[5])
@@ -138,7 +153,7 @@ def _compress(ds: Dataset, syntax: str, stored: np.ndarray) -> None:
     elif syntax == JPEGLosslessSV1:
         _gdcm_transcode(ds, syntax)
     else:
-        raise ValueError(f"no encoder for {syntax}")
+        ds.compress(syntax)  # whatever else pydicom's own encoders take
 
 
 def _gdcm_transcode(ds: Dataset, syntax: str) -> None:
@@ -246,3 +261,10 @@ def variants(study_uid: str) -> dict[str, bytes]:
             series_uid=series["compressed"],
         )
     return out
+
+
+def identified_dicom(image: np.ndarray) -> bytes:
+    """A 12-bit DX chest radiograph of an 8-bit image, with patient identifiers, as a modality sends it."""
+    return make_dicom(
+        image.astype(np.int64) * 16, bits_stored=12, patient_name=PATIENT_NAME, patient_id=PATIENT_ID
+    )

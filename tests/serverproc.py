@@ -1,4 +1,4 @@
-"""Waiting for a `cxr serve` subprocess started with `--port 0`: one implementation for every test suite.
+"""Starting a `cxr serve` subprocess and waiting for it: one implementation for every test suite.
 
 The kernel picks a free loopback port and uvicorn logs the one it bound; tests read it from the server's
 log, then poll an HTTP endpoint (a readiness wait, never a fixed sleep).
@@ -6,10 +6,14 @@ log, then poll an HTTP endpoint (a readiness wait, never a fixed sleep).
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -47,3 +51,53 @@ def wait_for_status(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} never answered {status}:\n{output()}")
             time.sleep(0.02)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Server:
+    """A `cxr serve` child process: its combined stdout/stderr log file, and its base URL once known."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    url: str = ""
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(
+    model_dir: Path,
+    log: Path,
+    *flags: str,
+    port: int = 0,
+    delay_s: float = 0.0,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Launch `cxr serve` on loopback with the CPU provider, without waiting for it. Port 0 lets the kernel
+    choose (wait_ready reads it from the log); with `delay_s` every model batch is slowed by that much
+    (tests.service.slow_server), so work is still queued when a test needs it to be."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CXR_TEST_BATCH_DELAY_S": str(delay_s)}
+    environment.pop("CXR_API_KEYS", None)
+    environment.update(env or {})
+    module = "tests.service.slow_server" if delay_s else "cxr"
+    command = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+    return Server(process, log, f"http://127.0.0.1:{port}" if port else "")
+
+
+def wait_bound(server: Server, timeout: float = 30.0) -> None:
+    """Fill in `server.url` from the port uvicorn logged (for a server started on port 0)."""
+    if not server.url:
+        server.url = bound_url(server.process, server.output, time.monotonic() + timeout)
+
+
+def wait_ready(server: Server, timeout: float = 60.0) -> None:
+    """Wait until the server is bound and GET /readyz answers 200; raises if it exits first."""
+    deadline = time.monotonic() + timeout
+    wait_bound(server, timeout)
+    wait_for_status(f"{server.url}/readyz", server.process, server.output, deadline)

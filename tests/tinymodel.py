@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -115,3 +117,18 @@ def encode(image: np.ndarray, ext: str = ".png") -> bytes:
     if not ok:
         raise ValueError(f"cv2 could not encode {ext}")
     return buffer.tobytes()
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A ~100-byte PNG whose header declares width x height 8-bit pixels (2.5 GB for the default)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096, 9))
+        + chunk(b"IEND", b"")
+    )

@@ -67,12 +67,16 @@ def podman() -> Podman:
     if os.geteuid() != 0:
         raise Unavailable("needs root (debootstrap, and rootful podman with the vfs driver)")
     STATE.mkdir(parents=True, exist_ok=True)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    nofile = 20000 if hard == resource.RLIM_INFINITY else min(20000, hard)
+    # podman's default nofile and nproc exceed this machine's hard limits, which runc may not raise.
+    limits = {
+        "nofile": _within(resource.RLIMIT_NOFILE, 20000),
+        "nproc": _within(resource.RLIMIT_NPROC, 32768),
+    }
+    ulimits = ", ".join(f'"{name}={value}:{value}"' for name, value in limits.items())
     config = STATE / "containers.conf"
     config.write_text(
         "[containers]\n"
-        f'default_ulimits = ["nofile={nofile}:{nofile}"]\n'
+        f"default_ulimits = [{ulimits}]\n"
         "[engine]\n"
         'runtime = "runc"\n'
         'cgroup_manager = "cgroupfs"\n'
@@ -83,6 +87,11 @@ def podman() -> Podman:
     if probe.returncode != 0:
         raise Unavailable(f"podman info failed: {probe.stderr.strip()[-500:]}")
     return tool
+
+
+def _within(limit: int, wanted: int) -> int:
+    hard = resource.getrlimit(limit)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
 def _mirror() -> str:

@@ -38,6 +38,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
+from tests.dicoms import make_dicom
+from tests.tinymodel import png_bomb
+
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 BYTES_PER_PIXEL_BOUND = 64
 """Peak decode memory allowed per pixel of the limit. Measured worst cases (docs/reliability.md): 16-bit
@@ -213,44 +216,6 @@ def decode_worker(timeout_s: float) -> Iterator[DecodeWorker]:
 # --- seeds ------------------------------------------------------------------------------------------------
 
 
-def dicom_file(
-    pixels: np.ndarray,
-    *,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    syntax: str = "1.2.840.10008.1.2.1",
-    **tags: Any,
-) -> bytes:
-    """A DX chest radiograph file from grayscale pixels, encoded in the given transfer syntax."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    allocated = pixels.dtype.itemsize * 8
-    stored = bits_stored or allocated
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, stored, stored - 1, 0
-    ds.PixelData = pixels.tobytes()
-    if syntax != ExplicitVRLittleEndian:
-        if syntax == "1.2.840.10008.1.2.1.99":
-            meta.TransferSyntaxUID = UID(syntax)
-        else:
-            ds.compress(UID(syntax))
-    for keyword, value in tags.items():  # after encoding: tags may lie about the pixels (bombs)
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def _gradient(height: int, width: int, dtype: type[np.generic] = np.uint8, top: int = 255) -> np.ndarray:
     rows = np.linspace(0, top, height, dtype=np.float64)[:, None]
     cols = np.linspace(0, top // 4, width, dtype=np.float64)[None, :]
@@ -276,16 +241,18 @@ def synthetic_seeds() -> list[Seed]:
             cv2.imencode(".jpg", colour, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
             "jpeg",
         ),
-        Seed("dicom-8bit", dicom_file(gray), "dicom"),
-        Seed("dicom-12bit-mono1", dicom_file(deep, photometric="MONOCHROME1", bits_stored=12), "dicom"),
+        Seed("dicom-8bit", make_dicom(gray, bits_stored=8), "dicom"),
+        Seed("dicom-12bit-mono1", make_dicom(deep, photometric="MONOCHROME1", bits_stored=12), "dicom"),
         Seed(
             "dicom-16bit-window",
-            dicom_file(
-                deep * 16, WindowCenter=30000, WindowWidth=40000, RescaleSlope=1, RescaleIntercept=-1024
-            ),
+            make_dicom(deep * 16, bits_stored=16, window=(30000, 40000), rescale=(1, -1024)),
             "dicom",
         ),
-        Seed("dicom-deflated", dicom_file(deep, bits_stored=12, syntax="1.2.840.10008.1.2.1.99"), "dicom"),
+        Seed(
+            "dicom-deflated",
+            make_dicom(deep, bits_stored=12, transfer_syntax="1.2.840.10008.1.2.1.99"),
+            "dicom",
+        ),
     ]
     for name, syntax in (
         ("dicom-rle", "1.2.840.10008.1.2.5"),
@@ -293,7 +260,7 @@ def synthetic_seeds() -> list[Seed]:
         ("dicom-jpegls", "1.2.840.10008.1.2.4.80"),
     ):
         try:
-            seeds.append(Seed(name, dicom_file(deep, bits_stored=12, syntax=syntax), "dicom"))
+            seeds.append(Seed(name, make_dicom(deep, bits_stored=12, transfer_syntax=syntax), "dicom"))
         except (RuntimeError, NotImplementedError, ValueError):
             continue  # encoder plugin absent here: the real files still cover the decoder
     return seeds
@@ -576,7 +543,7 @@ def deflated_dicom_bomb(inflated_bytes: int, meta_padding: int = 0) -> bytes:
     header = io.BytesIO()
     header.write(b"\x00" * 128 + b"DICM")
     write_file_meta_info(header, meta, enforce_standard=True)  # type: ignore[arg-type]
-    dataset = pydicom.dcmread(io.BytesIO(dicom_file(np.zeros((8, 8), np.uint8))))
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros((8, 8), np.uint8), bits_stored=8)))
     plain = _dataset_bytes(dataset)  # the dataset alone, without preamble and file meta
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     chunks = [compressor.compress(plain)]
@@ -601,7 +568,6 @@ def _dataset_bytes(dataset: Any) -> bytes:
 
 def bombs(max_pixels: int) -> list[tuple[str, bytes]]:
     """Small files declaring far more pixels than `max_pixels` (or, deflated, far more bytes)."""
-    from tests.service.test_app import png_bomb
 
     jpeg = bytearray(cv2.imencode(".jpg", _gradient(64, 64))[1].tobytes())
     at = jpeg.find(b"\xff\xc0")
@@ -613,16 +579,15 @@ def bombs(max_pixels: int) -> list[tuple[str, bytes]]:
         (f"JPEG SOF 65535x65535 ({declared // 10**6} Mpx)", bytes(jpeg)),
         (
             f"DICOM Rows x Columns 65535x65535, native ({declared // 10**6} Mpx)",
-            dicom_file(np.zeros((4, 4), np.uint16), bits_stored=12, Rows=65535, Columns=65535),
+            make_dicom(np.zeros((4, 4), np.uint16), bits_stored=12, after={"Rows": 65535, "Columns": 65535}),
         ),
         (
             f"DICOM Rows x Columns 65535x65535, RLE ({declared // 10**6} Mpx)",
-            dicom_file(
+            make_dicom(
                 np.zeros((4, 4), np.uint16),
                 bits_stored=12,
-                syntax="1.2.840.10008.1.2.5",
-                Rows=65535,
-                Columns=65535,
+                transfer_syntax="1.2.840.10008.1.2.5",
+                after={"Rows": 65535, "Columns": 65535},
             ),
         ),
         (
@@ -642,8 +607,8 @@ def memory_per_pixel(side: int = 2000) -> dict[str, float]:
         "PNG 8-bit RGBA": cv2.imencode(".png", np.zeros((side, side, 4), np.uint8))[1].tobytes(),
         "PNG 8-bit gray": cv2.imencode(".png", np.zeros((side, side), np.uint8))[1].tobytes(),
         "JPEG colour (DCT-reduced)": cv2.imencode(".jpg", np.zeros((side, side, 3), np.uint8))[1].tobytes(),
-        "DICOM 16-bit, JPEG 2000": dicom_file(
-            np.zeros((side, side), np.uint16), bits_stored=12, syntax="1.2.840.10008.1.2.4.90"
+        "DICOM 16-bit, JPEG 2000": make_dicom(
+            np.zeros((side, side), np.uint16), bits_stored=12, transfer_syntax="1.2.840.10008.1.2.4.90"
         ),
     }
     measured = {}

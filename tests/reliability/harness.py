@@ -8,37 +8,26 @@ loopback HTTP stack shared with the load generator on a 2-core machine, is the b
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.serverproc import Server, start_server, wait_ready
 from tests.tinymodel import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_KEY = "tiny/1"
 
 
-@dataclass
-class Service:
-    """One running server: its process, its combined stdout/stderr log file, and its base URL."""
-
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str = ""
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+class Service(Server):
+    """One running server (tests.serverproc.Server), with what the reliability checks read from it."""
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process now (0 once it has exited)."""
@@ -87,40 +76,9 @@ def free_port() -> int:
 def start(
     model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0, env: dict[str, str] | None = None
 ) -> Service:
-    """Launch `cxr serve` on a free loopback port without waiting for it."""
-    environment = {**os.environ, "CXR_TEST_BATCH_DELAY_S": str(delay_s), "PYTHONPATH": str(ROOT)}
-    environment.pop("CXR_API_KEYS", None)
-    environment.update(env or {})
-    port = free_port()
-    command = [sys.executable, "-m", "tests.service.slow_server", "serve", "--host", "127.0.0.1"]
-    command += [
-        "--port",
-        str(port),
-        "--model-dir",
-        str(model_dir),
-        "--providers",
-        "CPUExecutionProvider",
-        *flags,
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=environment, stdout=sink, stderr=subprocess.STDOUT)
-    return Service(process, log, f"http://127.0.0.1:{port}")
-
-
-def wait_ready(service: Service, timeout: float = 60.0) -> None:
-    """Poll /readyz until 200: a readiness wait, never a fixed sleep."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(f"{service.url}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if service.process.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{service.output()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"server never became ready:\n{service.output()}")
-        time.sleep(0.02)
+    """Launch `cxr serve` on a free loopback port without waiting for it (tests.serverproc.start_server)."""
+    server = start_server(model_dir, log, *flags, port=free_port(), delay_s=delay_s, env=env)
+    return Service(server.process, server.log, server.url)
 
 
 @contextmanager

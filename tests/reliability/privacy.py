@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from tests.reliability.decode_fuzz import dicom_file
+from tests.dicoms import make_dicom
 from tests.reliability.harness import Service
 from tests.tinymodel import blob_image, encode
 
@@ -46,21 +46,25 @@ def _pixels() -> np.ndarray:
 def identified_dicoms() -> dict[str, bytes]:
     """The same identified study, as files that succeed and files that fail in each decode stage."""
     pixels = _pixels()
-    good = dicom_file(pixels, bits_stored=16, **IDENTIFIERS)
+    good = make_dicom(pixels, bits_stored=16, after=IDENTIFIERS)
     truncated = good[: len(good) - 3000]
-    broken_rle = bytearray(dicom_file(pixels, bits_stored=16, syntax="1.2.840.10008.1.2.5", **IDENTIFIERS))
+    broken_rle = bytearray(
+        make_dicom(pixels, bits_stored=16, transfer_syntax="1.2.840.10008.1.2.5", after=IDENTIFIERS)
+    )
     broken_rle[-200:-100] = bytes(100)  # corrupt RLE stream: the codec fails or panics
     unknown_vr = bytearray(good)
     at = unknown_vr.find(b"\x28\x00\x11\x00US")
     unknown_vr[at + 4 : at + 6] = b"UQ"  # parser exception path (service.decode's guard logs it)
     # pydicom's validation quotes offending values in its warnings: make the name invalid for PN
-    invalid_name = dicom_file(
-        pixels, bits_stored=16, **{**IDENTIFIERS, "PatientName": PATIENT_NAME + "^a^b^c^d"}
+    invalid_name = make_dicom(
+        pixels, bits_stored=16, after={**IDENTIFIERS, "PatientName": PATIENT_NAME + "^a^b^c^d"}
     )
     return {
         "ok": good,
-        "ok-deflated": dicom_file(pixels, bits_stored=16, syntax="1.2.840.10008.1.2.1.99", **IDENTIFIERS),
-        "wrong-modality": dicom_file(pixels, bits_stored=16, **{**IDENTIFIERS, "Modality": "CT"}),
+        "ok-deflated": make_dicom(
+            pixels, bits_stored=16, transfer_syntax="1.2.840.10008.1.2.1.99", after=IDENTIFIERS
+        ),
+        "wrong-modality": make_dicom(pixels, bits_stored=16, after={**IDENTIFIERS, "Modality": "CT"}),
         "truncated": truncated,
         "broken-rle": bytes(broken_rle),
         "unknown-vr": bytes(unknown_vr),

@@ -15,6 +15,7 @@ from pydicom.encaps import encapsulate, generate_fragmented_frames
 
 from service.decode import DEFAULT_MAX_PIXELS, decode
 from service.errors import InvalidImage, PayloadTooLarge
+from tests.dicoms import make_dicom
 from tests.reliability.decode_fuzz import (
     BYTES_PER_PIXEL_BOUND,
     DecodeWorker,
@@ -22,7 +23,6 @@ from tests.reliability.decode_fuzz import (
     bombs,
     decode_worker,
     deflated_dicom_bomb,
-    dicom_file,
     fuzz,
     real_seeds,
     synthetic_seeds,
@@ -71,13 +71,15 @@ def test_deflated_dicom_bomb_is_413_before_inflating() -> None:
     pushed_back = deflated_dicom_bomb(64 * 2**20, meta_padding=100_000)  # UID 100 kB into the file
     with pytest.raises(PayloadTooLarge, match="inflates to over"):
         decode(pushed_back, max_pixels=1_000_000)
-    ordinary = dicom_file(_gradient(64, 48, np.uint16, 4095), bits_stored=12, syntax="1.2.840.10008.1.2.1.99")
+    ordinary = make_dicom(
+        _gradient(64, 48, np.uint16, 4095), bits_stored=12, transfer_syntax="1.2.840.10008.1.2.1.99"
+    )
     assert decode(ordinary, max_pixels=1_000_000).pixels.shape == (64, 48)  # deflate itself still works
 
 
 def test_dicom_unknown_vr_in_pixel_module_is_400_not_500() -> None:
     """Regression: pydicom raised NotImplementedError reading Columns with VR 'UQ' (a 500 before)."""
-    data = bytearray(dicom_file(_gradient(32, 32)))
+    data = bytearray(make_dicom(_gradient(32, 32), bits_stored=8))
     at = data.find(b"\x28\x00\x11\x00US")
     data[at + 4 : at + 6] = b"UQ"
     with pytest.raises(InvalidImage, match="could not be read"):
@@ -87,7 +89,9 @@ def test_dicom_unknown_vr_in_pixel_module_is_400_not_500() -> None:
 def test_rle_decoder_panic_is_400_not_500() -> None:
     """Regression: a truncated RLE segment made pylibjpeg-rle panic (pyo3 PanicException, a BaseException
     that the service's handlers did not catch: a 500 with a Rust backtrace)."""
-    source = dicom_file(_gradient(96, 80, np.uint16, 4095), bits_stored=12, syntax="1.2.840.10008.1.2.5")
+    source = make_dicom(
+        _gradient(96, 80, np.uint16, 4095), bits_stored=12, transfer_syntax="1.2.840.10008.1.2.5"
+    )
     ds = pydicom.dcmread(io.BytesIO(source))
     frame = b"".join(next(generate_fragmented_frames(ds.PixelData)))
     assert struct.unpack("<I", frame[:4])[0] >= 1
@@ -102,10 +106,12 @@ def test_gdcm_abort_on_hostile_dicom_is_400_not_a_dead_process() -> None:
     """Regression: a JPEG-LS file whose Rows disagree with its stream made pyjpegls refuse it, pydicom fall
     back to GDCM, and GDCM abort the whole process (std::terminate: every request in flight lost)."""
     pixels = _gradient(96, 80, np.uint16, 4095)
-    hostile = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80", Rows=65535)
+    hostile = make_dicom(
+        pixels, bits_stored=12, transfer_syntax="1.2.840.10008.1.2.4.80", after={"Rows": 65535}
+    )
     with pytest.raises(InvalidImage, match="crashed its decoder"):
         decode(hostile)
-    fine = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80")
+    fine = make_dicom(pixels, bits_stored=12, transfer_syntax="1.2.840.10008.1.2.4.80")
     assert decode(fine).pixels.shape == (96, 80)  # a fresh decoder process took over
 
 
@@ -122,7 +128,7 @@ def test_png_chunk_length_past_the_end_is_400_without_allocating(worker: DecodeW
 def test_dicom_transfer_syntax_with_unknown_vr_is_400_not_500() -> None:
     """Regression: reading a File Meta Transfer Syntax UID whose VR bytes were corrupted raised
     NotImplementedError before the guard (a 500)."""
-    data = bytearray(dicom_file(_gradient(32, 32)))
+    data = bytearray(make_dicom(_gradient(32, 32), bits_stored=8))
     at = data.find(b"\x02\x00\x10\x00UI")
     data[at + 4 : at + 6] = b"WI"
     with pytest.raises(InvalidImage):

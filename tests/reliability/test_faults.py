@@ -9,8 +9,9 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.dicoms import make_dicom
 from tests.reliability import faults
-from tests.reliability.decode_fuzz import _gradient, dicom_file
+from tests.reliability.decode_fuzz import _gradient
 from tests.reliability.harness import Service, running, tiny_model_dir
 
 pytestmark = pytest.mark.slow
@@ -61,7 +62,9 @@ def test_checksum_mismatch_exits_with_one_line_reason_not_a_traceback(model_dir:
 def test_decoder_crash_on_hostile_dicom_leaves_the_server_serving(slow_server: Service) -> None:
     """Regression: the same hostile JPEG-LS file (see test_decoder) aborted the whole server process."""
     pixels = _gradient(96, 80, np.uint16, 4095)
-    hostile = dicom_file(pixels, bits_stored=12, syntax="1.2.840.10008.1.2.4.80", Rows=65535)
+    hostile = make_dicom(
+        pixels, bits_stored=12, transfer_syntax="1.2.840.10008.1.2.4.80", after={"Rows": 65535}
+    )
     headers = {"Content-Type": "application/dicom"}
     refused = httpx.post(f"{slow_server.url}/v1/classify", content=hostile, headers=headers, timeout=30)
     after = httpx.post(

@@ -6,13 +6,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
 import resource
-import struct
 import time
-import zlib
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -22,59 +19,14 @@ import httpx
 import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
 from service.app import create_app
 from service.model import ModelIntegrityError
+from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
 from tests.service.conftest import PNG_HEADERS, Gate, metric, png, serve, settings_for, wait_until
-from tests.tinymodel import blob_image, encode, make_tiny_model
+from tests.tinymodel import blob_image, encode, make_tiny_model, png_bomb
 
 pytestmark = pytest.mark.anyio
-
-PATIENT_NAME = "Doe^Janet"
-PATIENT_ID = "PID-31337"
-IDENTIFYING_FILENAME = "Janet_Doe_PID-31337_chest.png"
-
-
-def dicom_bytes(image: np.ndarray) -> bytes:
-    """A 12-bit DX chest radiograph with patient identifiers, as a modality would send it."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
-    ds.Modality = "DX"
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.Rows, ds.Columns = image.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = (image.astype(np.uint16) * 16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
-    """A ~100-byte PNG whose header declares width x height 8-bit pixels (2.5 GB for the default)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 4096, 9))
-        + chunk(b"IEND", b"")
-    )
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -124,13 +76,13 @@ async def test_multipart_png_jpeg_dicom_in_order(model_dir: Path) -> None:
     files = [
         ("file", ("a.png", encode(image), "image/png")),
         ("file", ("b.jpg", encode(image, ".jpg"), "image/jpeg")),
-        ("file", ("c.dcm", dicom_bytes(image), "application/dicom")),
+        ("file", ("c.dcm", identified_dicom(image), "application/dicom")),
         ("file", ("d.bin", encode(image), "application/octet-stream")),
     ]
     async with serve(settings_for(model_dir)) as client:
         response = await client.post("/v1/classify", files=files)
         dicom = await client.post(
-            "/v1/classify", content=dicom_bytes(image), headers={"Content-Type": "application/dicom"}
+            "/v1/classify", content=identified_dicom(image), headers={"Content-Type": "application/dicom"}
         )
         jpeg = await client.post(
             "/v1/classify", content=encode(image, ".jpg"), headers={"Content-Type": "image/jpeg"}
@@ -540,7 +492,7 @@ async def test_models_listing_versions_and_docs(model_dir: Path) -> None:
 async def test_logs_hold_no_identifiers_or_pixels(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     image = blob_image()
-    dicom = dicom_bytes(image)
+    dicom = identified_dicom(image)
     async with serve(settings_for(model_dir)) as client:
         ok = await client.post(
             "/v1/classify?heatmap=true",

@@ -4,60 +4,22 @@ SIGTERM drain, and refusing to start on a checksum mismatch."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serverproc import bound_url
+from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
+from tests.serverproc import Server, start_server, wait_bound
 from tests.service.conftest import PNG_HEADERS, metric, png
-from tests.service.test_app import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, dicom_bytes
 from tests.tinymodel import blob_image, encode
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str = ""
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def start(model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0) -> Server:
-    env = {**os.environ, "CXR_TEST_BATCH_DELAY_S": str(delay_s), "PYTHONPATH": str(ROOT)}
-    env.pop("CXR_API_KEYS", None)
-    command = [
-        sys.executable,
-        "-m",
-        "tests.service.slow_server",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ]
-    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    return Server(process, log)
-
-
-def wait_for_port(server: Server, timeout: float = 30.0) -> None:
-    """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound."""
-    server.url = bound_url(server.process, server.output, time.monotonic() + timeout)
 
 
 async def wait_ready(client: httpx.AsyncClient, timeout: float = 30.0) -> None:
@@ -87,12 +49,12 @@ def servers() -> Iterator[list[Server]]:
 async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
     model_dir: Path, tmp_path: Path, servers: list[Server]
 ) -> None:
-    server = start(
+    server = start_server(
         model_dir, tmp_path / "server.log", "--max-batch-size", "1", "--drain-timeout-s", "10", delay_s=0.2
     )
     servers.append(server)
     launched = time.monotonic()
-    wait_for_port(server)
+    wait_bound(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
         await wait_ready(client)
         ready_after = time.monotonic() - launched
@@ -100,7 +62,7 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
         image = blob_image()
         files = [
             ("file", (IDENTIFYING_FILENAME, encode(image), "image/png")),
-            ("file", ("study.dcm", dicom_bytes(image), "application/dicom")),
+            ("file", ("study.dcm", identified_dicom(image), "application/dicom")),
         ]
         multipart = await client.post("/v1/classify", files=files)
         burst = [
@@ -143,9 +105,9 @@ async def test_sigterm_fails_what_the_drain_timeout_leaves_without_hanging(
     model_dir: Path, tmp_path: Path, servers: list[Server]
 ) -> None:
     flags = ("--max-batch-size", "1", "--drain-timeout-s", "0.3")
-    server = start(model_dir, tmp_path / "server.log", *flags, delay_s=1.5)
+    server = start_server(model_dir, tmp_path / "server.log", *flags, delay_s=1.5)
     servers.append(server)
-    wait_for_port(server)
+    wait_bound(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
         await wait_ready(client)
         burst = [
@@ -170,7 +132,7 @@ def test_cli_refuses_to_start_on_checksum_mismatch(
 ) -> None:
     model_file = model_dir / "tiny" / "1" / "model.onnx"
     model_file.write_bytes(model_file.read_bytes()[:-1] + b"\x01")
-    server = start(model_dir, tmp_path / "server.log")
+    server = start_server(model_dir, tmp_path / "server.log")
     servers.append(server)
     returncode = server.process.wait(timeout=60)
     log = server.output()
@@ -179,7 +141,7 @@ def test_cli_refuses_to_start_on_checksum_mismatch(
 
 
 def test_cli_reports_invalid_settings_without_echoing_values(tmp_path: Path, servers: list[Server]) -> None:
-    server = start(tmp_path / "missing", tmp_path / "server.log", "--api-keys", "hunter2-secret")
+    server = start_server(tmp_path / "missing", tmp_path / "server.log", "--api-keys", "hunter2-secret")
     servers.append(server)
     returncode = server.process.wait(timeout=60)
     log = server.output()

@@ -6,17 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.serverproc import bound_url, wait_for_status
+from tests.serverproc import Server, start_server, wait_ready
 from tests.tinymodel import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,33 +28,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str = ""
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _start(model_dir: Path, log: Path, *flags: str) -> Server:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("CXR_API_KEYS", None)
-    command = [sys.executable, "-m", "cxr", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    return Server(process, log)
-
-
-def _wait_ready(server: Server, timeout: float = 60.0) -> None:
-    """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound. Then poll /readyz."""
-    deadline = time.monotonic() + timeout
-    server.url = bound_url(server.process, server.output, deadline)
-    wait_for_status(f"{server.url}/readyz", server.process, server.output, deadline)
 
 
 @pytest.fixture
@@ -75,9 +45,9 @@ def model_dir(tmp_path: Path) -> Path:
 @contextmanager
 def serving(model_dir: Path, log: Path, *flags: str) -> Iterator[Server]:
     """`cxr serve` on a free loopback port, ready (models warm) when entered, terminated on exit."""
-    running = _start(model_dir, log, *flags)
+    running = start_server(model_dir, log, *flags)
     try:
-        _wait_ready(running)
+        wait_ready(running)
         yield running
     finally:
         running.process.terminate()

@@ -21,9 +21,10 @@ import pytest
 from service.model import default_repository, find_versions
 from service.schemas import NOTICE
 from service.web import SECURITY_HEADERS
-from tests.service.test_app import dicom_bytes
+from tests.dicoms import identified_dicom
+from tests.serverproc import ROOT, Server
 from tests.tinymodel import blob_image, encode, make_tiny_model
-from tests.web.conftest import ROOT, Server, serving
+from tests.web.conftest import serving
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip(
@@ -55,7 +56,7 @@ def _dicom(tmp_path: Path) -> Path:
     if real.is_file():
         return real
     path = tmp_path / "synthetic.dcm"
-    path.write_bytes(dicom_bytes(blob_image(size=(300, 260), centre=(0.3, 0.6))))
+    path.write_bytes(identified_dicom(blob_image(size=(300, 260), centre=(0.3, 0.6))))
     return path
 
 

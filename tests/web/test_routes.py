@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from service.web import SECURITY_HEADERS
+from tests.dicoms import identified_dicom
 from tests.service.conftest import PNG_HEADERS, png, serve, settings_for
-from tests.service.test_app import dicom_bytes
 from tests.tinymodel import blob_image, encode
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +55,7 @@ async def test_only_listed_assets_are_served(model_dir: Path, name: str) -> None
 
 async def test_decoded_image_is_the_heatmap_grid(model_dir: Path) -> None:
     jpeg = encode(blob_image(size=(480, 640), centre=(0.3, 0.4)), ".jpg")
-    dicom = dicom_bytes(blob_image(size=(300, 260)))
+    dicom = identified_dicom(blob_image(size=(300, 260)))
     async with serve(settings_for(model_dir)) as client:
         for data in (jpeg, dicom):
             answer = await client.post("/v1/classify?heatmap=true", files={"file": data})
