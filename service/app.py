@@ -1,7 +1,9 @@
 """The FastAPI application: `create_app(settings)` wires settings, lifespan, middleware, errors and routes.
 
 Routes: POST /v1/classify (service.classify), GET /v1/models, GET /healthz (alive), GET /readyz (every
-model loaded and warmed), GET /metrics (Prometheus), OpenAPI at /docs. Research use only.
+model loaded and warmed), GET /metrics (Prometheus), the Open Inference Protocol under /v2 (service.v2),
+OpenAPI at /docs (Swagger UI) and /redoc, both from the assets fastapi-offline ships: no CDN, so the API
+docs work offline and behind a hospital proxy. HEAD works wherever GET does. Research use only.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import classify, problems, v2, web
@@ -21,7 +24,7 @@ from service.classify import runtime_of
 from service.direct import DirectClassify
 from service.errors import ModelNotReady
 from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import HeadAsGet, RequestContextMiddleware
 from service.model import ModelIntegrityError
 from service.runtime import Runtime
 from service.schemas import NOTICE, problem_responses
@@ -50,12 +53,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.aclose()
             logger.info("stopped")
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="cxr-covid",
         version="0.1.0",
         summary="COVID-19 chest X-ray classification. RESEARCH USE ONLY: not for diagnosis.",
         description=NOTICE,
         lifespan=lifespan,
+        # Swagger UI would otherwise send the schema's URL to validator.swagger.io for its badge.
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.settings = settings
     if settings.classify_route == "direct":
@@ -70,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
     problems.install(app)
     app.include_router(classify.router)
