@@ -95,11 +95,13 @@ def _load(text: bytes, spec: InputSpec) -> dict[str, Any]:
     """The JSON object in `text`, within the bounds described in the module docstring."""
     # bytes.count runs at memory speed: it bounds the work below before any of it is done. A string
     # holding many commas or brackets is refused too; no valid request has one.
-    most_values = spec.max_images * spec.image_values + _MAX_KEYS
+    # Twice the largest valid request, so that a batch just over the limit is parsed and answered with
+    # its size (_shape); far beyond it, the count answers.
+    most_values = 2 * spec.max_images * spec.image_values + _MAX_KEYS
     if text.count(b",") > most_values:
         raise PayloadTooLarge(
-            f"The JSON holds more values than the largest request this model takes ({spec.max_images} "
-            f"images of {spec.size}x{spec.size}x1)."
+            f"The JSON holds far more values than {spec.max_images} images of {spec.size}x{spec.size}x1, this "
+            f"server's limit of {spec.max_images} images per request (its queue capacity)."
         )
     if text.count(b"[") + text.count(b"{") > _MAX_CONTAINERS:
         raise MalformedRequest(

@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.serverproc import bound_url, wait_for_status
+from tests.serverproc import ROOT, Server, serving
 from tests.tinymodel import make_tiny_model
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -33,33 +27,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    log: Path
-    url: str = ""
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _start(model_dir: Path, log: Path, *flags: str) -> Server:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("CXR_API_KEYS", None)
-    command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--model-dir", str(model_dir), "--providers", "CPUExecutionProvider", *flags]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    return Server(process, log)
-
-
-def _wait_ready(server: Server, timeout: float = 60.0) -> None:
-    """Port 0 lets the kernel choose a free port; uvicorn logs the one it bound. Then poll /readyz."""
-    deadline = time.monotonic() + timeout
-    server.url = bound_url(server.process, server.output, deadline)
-    wait_for_status(f"{server.url}/readyz", server.process, server.output, deadline)
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -70,22 +37,6 @@ def model_dir(tmp_path: Path) -> Path:
     repository = tmp_path / "models"
     make_tiny_model(repository)
     return repository
-
-
-@contextmanager
-def serving(model_dir: Path, log: Path, *flags: str) -> Iterator[Server]:
-    """`cxr serve` on a free loopback port, ready (models warm) when entered, terminated on exit."""
-    running = _start(model_dir, log, *flags)
-    try:
-        _wait_ready(running)
-        yield running
-    finally:
-        running.process.terminate()
-        try:
-            running.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
-            running.process.wait()
 
 
 @pytest.fixture(scope="module")
