@@ -192,16 +192,16 @@ async def _infer(request: Request, served: ServedModel) -> Response:
     try:
         async with timeout:
             body = await read_body(request, settings.max_v2_body_bytes)
-            # Parsing and conversion run in the decode pool, admitted like an image being decoded, so
-            # a flood of bodies cannot queue there without bound (service.tensors: why the thread does
-            # not stall the event loop).
+            # Parsing and conversion run on the runtime's parser thread, admitted like an image being
+            # decoded, so a flood of bodies cannot queue there without bound (service.tensors: why that
+            # thread does not stall the event loop).
             with runtime.admit(1):
-                parsed = await loop.run_in_executor(runtime.pool, tensors.parse, body, header_length, spec)
+                parsed = await loop.run_in_executor(runtime.parser, tensors.parse, body, header_length, spec)
             del body  # the JSON text is no longer needed; binary tensors are views that keep it alive
             results = await _queue(served, parsed.tensor, deadline)
             outputs = [(name, _stack(results, name), binary) for name, binary in parsed.outputs]
             content, json_length = await loop.run_in_executor(
-                runtime.pool,
+                runtime.parser,
                 functools.partial(
                     tensors.render,
                     model_name=served.model.name,

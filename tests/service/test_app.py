@@ -630,3 +630,24 @@ async def test_direct_path_answers_as_the_fastapi_route_does(model_dir: Path) ->
     statuses = [status for status, _, _ in answers["direct"]]
     assert statuses == [200, 422, 422, 404, 404, 200, 401, 401, 200]
     assert answers["direct"] == answers["fastapi"]
+
+
+async def test_head_answers_wherever_get_does_with_no_body(model_dir: Path) -> None:
+    """HEAD on /healthz and / answered 405 (FastAPI registers GET routes for GET alone)."""
+    paths = ["/healthz", "/readyz", "/", "/static/app.js", "/v2/health/live", "/v2/health/ready", "/v2"]
+    paths += ["/v2/models/tiny", "/v1/models", "/openapi.json", "/docs", "/redoc", "/metrics"]
+    async with serve(settings_for(model_dir)) as client:
+        for path in paths:
+            get = await client.get(path)
+            head = await client.head(path)
+            assert (head.status_code, head.content) == (get.status_code, b""), path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            if path != "/metrics":  # its counters move between the two requests
+                assert head.headers["content-length"] == str(len(get.content)), path
+        missing = await client.head("/v2/models/no-such-model")
+        post_only = await client.head("/v1/classify")
+        metrics = (await client.get("/metrics")).text
+    assert missing.status_code == 404 and missing.content == b""
+    assert post_only.status_code == 405  # HEAD where GET works, not where it does not
+    # Logged and counted as HEAD, under the route's template.
+    assert metric(metrics, "cxr_http_requests_total", method="HEAD", route="/healthz", status="200") == 1
