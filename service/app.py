@@ -2,8 +2,8 @@
 
 Routes: POST /v1/classify (service.classify), GET /v1/models, GET /healthz (alive), GET /readyz (every
 model loaded and warmed), GET /metrics (Prometheus), the Open Inference Protocol under /v2 (service.v2),
-OpenAPI at /docs (Swagger UI) and /redoc, both from the assets fastapi-offline ships: no CDN, so the API
-docs work offline and behind a hospital proxy. HEAD works wherever GET does. Research use only.
+OpenAPI at /docs (Swagger UI) and /redoc (service.docs: no CDN, so the API docs work offline and behind a
+hospital proxy). HEAD works wherever GET does. Research use only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import classify, problems, v2, web
+from service import classify, docs, problems, v2, web
 from service.auth import require_api_key
 from service.classify import runtime_of
 from service.direct import DirectClassify
@@ -59,8 +59,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="COVID-19 chest X-ray classification. RESEARCH USE ONLY: not for diagnosis.",
         description=NOTICE,
         lifespan=lifespan,
-        # Swagger UI would otherwise send the schema's URL to validator.swagger.io for its badge.
-        swagger_ui_parameters={"validatorUrl": None},
+        # The pages are service.docs'; this mounts the assets they load, from the installed package.
+        docs_url=None,
+        redoc_url=None,
+        static_url=docs.ASSETS,
     )
     app.state.settings = settings
     if settings.classify_route == "direct":
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(classify.router)
     app.include_router(web.router)
     app.include_router(v2.router)
+    app.include_router(docs.router)
 
     @app.get("/healthz", summary="Liveness", tags=["operations"], responses=problem_responses(503))
     async def healthz(request: Request) -> dict[str, str]:
