@@ -253,7 +253,7 @@ async def test_invalid_parameters_are_422_and_unknown_model_404(model_dir: Path)
         no_files = await client.post("/v1/classify", data={"note": "x"}, files={"empty": (None, b"")})
         unknown = await client.post("/v1/classify?model=other", content=png(), headers=PNG_HEADERS)
         version = await client.post("/v1/classify?model=tiny&version=9", content=png(), headers=PNG_HEADERS)
-        route = await client.get("/v2/nothing")
+        route = await client.get("/v1/nothing")  # under /v2 the protocol's body (tests/service/test_v2.py)
         method = await client.get("/v1/classify")
     assert "heatmap" in assert_problem(heatmap, 422)["detail"]
     assert "model" in assert_problem(name, 422)["detail"]
