@@ -1,7 +1,9 @@
 """The FastAPI application: `create_app(settings)` wires settings, lifespan, middleware, errors and routes.
 
 Routes: POST /v1/classify (service.classify), GET /v1/models, GET /healthz (alive), GET /readyz (every
-model loaded and warmed), GET /metrics (Prometheus), OpenAPI at /docs. Research use only.
+model loaded and warmed), GET /metrics (Prometheus), the Open Inference Protocol under /v2 (service.v2),
+OpenAPI at /docs (Swagger UI) and /redoc (service.docs: no CDN, so the API docs work offline and behind a
+hospital proxy). HEAD works wherever GET does. Research use only.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import classify, problems, v2, web
+from service import classify, docs, problems, v2, web
 from service.auth import require_api_key
 from service.classify import runtime_of
 from service.errors import ModelNotReady
 from service.metrics import Metrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import HeadAsGet, RequestContextMiddleware
 from service.model import ModelIntegrityError
 from service.runtime import Runtime
 from service.schemas import NOTICE, problem_responses
@@ -49,12 +52,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.aclose()
             logger.info("stopped")
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="cxr-covid",
         version="0.1.0",
         summary="COVID-19 chest X-ray classification. RESEARCH USE ONLY: not for diagnosis.",
         description=NOTICE,
         lifespan=lifespan,
+        # The pages are service.docs'; this mounts the assets they load, from the installed package.
+        docs_url=None,
+        redoc_url=None,
+        static_url=docs.ASSETS,
     )
     app.state.settings = settings
     if settings.cors_origins:
@@ -65,11 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
+    app.add_middleware(HeadAsGet)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)  # outermost: sees every response
     problems.install(app)
     app.include_router(classify.router)
     app.include_router(web.router)
     app.include_router(v2.router)
+    app.include_router(docs.router)
 
     @app.get("/healthz", summary="Liveness", tags=["operations"], responses=problem_responses(503))
     async def healthz(request: Request) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Pure ASGI middleware around every HTTP request: request id, access log line, request metrics, and the
-last-resort 500 for server faults.
+last-resort 500 for server faults; and HEAD answered wherever GET is.
 
 Pure ASGI (not BaseHTTPMiddleware) so it adds no task per request and never buffers bodies. The access log
 carries the route template, status, duration and body size: never query values, file names or pixels.
@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
-from service.problems import problem
+from service.problems import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class RequestContextMiddleware:
             logger.exception("server fault request_id=%s %s %s", request_id, scope["method"], _route(scope))
             if status:  # the response already started: nothing sane can be sent any more
                 raise
-            response = problem(
+            response = error_response(
                 status=500,
                 title="Internal error",
                 detail="The server failed to process the request; the fault is logged with its request id.",
@@ -101,3 +101,35 @@ class RequestContextMiddleware:
                 seconds * 1000.0,
                 f" {detail}" if (detail := scope["state"].get("log_detail")) else "",
             )
+
+
+class HeadAsGet:
+    """HEAD wherever GET works (RFC 9110 9.3.2): the request is routed as a GET, and the answer goes out
+    with the GET's status and headers (Content-Length included) and no body.
+
+    FastAPI registers GET routes for GET alone (405 for HEAD, which probes, curl -I and link checkers
+    send); doing it here covers every GET route, present and future, without listing HEAD operations in
+    the OpenAPI schema. The app below sees a copy of the scope, so the server still knows the request is
+    a HEAD; what routing adds to the copy is handed back for the access log and the metrics labels.
+    """
+
+    _ROUTING_KEYS = ("route", "endpoint", "path_params")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        try:
+            await self.app(as_get, receive, without_body)
+        finally:
+            scope.update({key: as_get[key] for key in self._ROUTING_KEYS if key in as_get})

@@ -1,8 +1,12 @@
-"""RFC 9457 problem details: the one place errors become HTTP responses.
+"""The one place errors become HTTP responses, and the one place that decides their body by path.
 
-Body: `{"type", "title", "status", "detail", "instance", "request_id"}` as `application/problem+json`.
-`detail` is always a string. Tracebacks never reach the client; server faults are logged with theirs
-by service.middleware, which also answers them with a 500 problem.
+Everywhere but `/v2`: RFC 9457 problem details, `{"type", "title", "status", "detail", "instance",
+"request_id"}` as `application/problem+json`; `detail` is always a string.
+Under `/v2` (the Open Inference Protocol): `{"error": "<detail>"}` as `application/json`, the body that
+Triton's and KServe's clients read (tritonclient raises a decoding error, and loses the message, on any
+other body), with 400 where /v1 says 422, as Triton answers every invalid argument.
+Tracebacks never reach the client; server faults are logged with theirs by service.middleware, which
+also answers them here with a 500.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from starlette.exceptions import HTTPException
 from service.errors import CxrError
 
 PROBLEM_JSON = "application/problem+json"
+
+
+V2_PREFIX = "/v2"
+_V2_STATUS = {422: 400}
+"""/v1 statuses the protocol words differently: Triton answers 400 for every invalid argument."""
+
+
+def is_v2(path: str) -> bool:
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 def problem(
@@ -42,6 +55,31 @@ def problem(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
+def error_response(
+    *,
+    status: int,
+    title: str,
+    detail: str,
+    instance: str,
+    request_id: str | None,
+    type_uri: str = "about:blank",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The error answer for a request to path `instance`: the protocol's body under /v2, else a problem."""
+    if is_v2(instance):
+        # The request id stays in the X-Request-ID header: the protocol's body has one field.
+        return JSONResponse({"error": detail}, status_code=_V2_STATUS.get(status, status), headers=headers)
+    return problem(
+        status=status,
+        title=title,
+        detail=detail,
+        instance=instance,
+        request_id=request_id,
+        type_uri=type_uri,
+        headers=headers,
+    )
+
+
 def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
@@ -49,7 +87,7 @@ def _request_id(request: Request) -> str | None:
 async def _cxr_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, CxrError):  # registered for CxrError only; keeps the handler signature exact
         raise exc
-    return problem(
+    return error_response(
         status=exc.status,
         title=exc.title,
         detail=exc.detail,
@@ -70,7 +108,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     detail = "; ".join(
         f"{_location(error.get('loc', ()))}: {error.get('msg', 'invalid')}" for error in errors
     )
-    return problem(
+    return error_response(
         status=422,
         title="Invalid parameter",
         detail=detail or "The request parameters are not valid.",
@@ -87,7 +125,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     except ValueError:  # a status code HTTPStatus does not name
         title = "Error"
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None
-    return problem(
+    return error_response(
         status=status,
         title=title,
         detail=str(detail) if detail else title,
@@ -105,6 +143,6 @@ _HANDLERS = (
 
 
 def install(app: FastAPI) -> None:
-    """Register the problem+json handlers on an app."""
+    """Register the error handlers on an app."""
     for kind, handler in _HANDLERS:
         app.add_exception_handler(kind, handler)

@@ -31,6 +31,7 @@ class Runtime:
     metrics: Metrics
     repository: ModelRepository
     pool: ThreadPoolExecutor
+    parser: ThreadPoolExecutor
     started_at: float
     ready: bool = False
     draining: bool = False
@@ -47,7 +48,11 @@ class Runtime:
         # Decoding and preprocessing run here, bounded, so the event loop never decodes an image and
         # the ONNX Runtime worker threads keep their cores.
         pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
-        return cls(settings, metrics, repository, pool, started)
+        # /v2 JSON bodies are parsed here, one at a time: parsing holds the GIL whichever thread runs it
+        # (the decoders release it), so a second thread would add no throughput, only a third contender
+        # with the event loop for the GIL (service.tensors).
+        parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
+        return cls(settings, metrics, repository, pool, parser, started)
 
     def start_warmup(self) -> None:
         task = asyncio.get_running_loop().create_task(self._warm(), name="warmup")
@@ -108,3 +113,4 @@ class Runtime:
         for task in list(self._tasks):
             task.cancel()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.parser.shutdown(wait=False, cancel_futures=True)

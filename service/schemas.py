@@ -105,33 +105,100 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: PROBLEM_RESPONSES[status] for status in statuses}
 
 
+class V2Error(BaseModel):
+    """The Open Inference Protocol's error body (every error under /v2)."""
+
+    error: str
+
+
+_V2_ERRORS: dict[int, str] = {
+    400: "Malformed body or invalid tensor (shape, datatype, values), in JSON or binary form",
+    401: "Missing or wrong API key (when keys are configured)",
+    404: "Unknown model or version, or no model configuration to report",
+    413: "Body over --max-v2-body-bytes, or a batch over the per-request image limit (queue capacity)",
+    415: "Compressed body (Content-Encoding)",
+    429: "Queue full (when configured to answer 429)",
+    503: "Queue full, warming up, or shutting down (Retry-After)",
+    504: "Deadline exceeded",
+}
+
+
+def v2_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `{"error": ...}` answers a /v2 route can give, for its OpenAPI entry."""
+    return {
+        status: {"model": V2Error, "description": _V2_ERRORS[status], "content": {"application/json": {}}}
+        for status in statuses
+    }
+
+
 _V2_TENSOR = {
     "type": "object",
-    "required": ["name", "shape", "datatype", "data"],
+    "required": ["name", "shape", "datatype"],
     "properties": {
         "name": {"type": "string"},
         "shape": {"type": "array", "items": {"type": "integer"}},
         "datatype": {"type": "string"},
         "data": {"type": "array", "items": {"type": "number"}},
+        "parameters": {
+            "type": "object",
+            "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+        },
     },
 }
-V2_INFER_REQUEST_BODY = {
-    "required": True,
-    "content": {
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "required": ["inputs"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "inputs": {"type": "array", "items": _V2_TENSOR},
-                    "outputs": {
-                        "type": "array",
-                        "items": {"type": "object", "properties": {"name": {"type": "string"}}},
-                    },
-                },
-            }
+_V2_OUTPUTS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string"},
+            "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+        },
+    },
+}
+V2_INFER_REQUEST_BODY: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Inference-Header-Content-Length",
+            "in": "header",
+            "required": False,
+            "description": "binary tensor data extension: length of the JSON header that starts the body; "
+            "the raw little-endian tensor bytes follow it",
+            "schema": {"type": "integer", "minimum": 0},
         }
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"binary_data_output": {"type": "boolean"}},
+                        },
+                        "inputs": {"type": "array", "items": _V2_TENSOR},
+                        "outputs": _V2_OUTPUTS,
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
     },
 }
-"""Open Inference Protocol v2 infer request (KServe / Triton REST), for the OpenAPI schema."""
+"""Open Inference Protocol v2 infer request (KServe / Triton REST, with the binary tensor data extension),
+for the OpenAPI schema."""
+V2_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Outputs as JSON, or a JSON header (length in Inference-Header-Content-Length) followed "
+        "by the binary outputs",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    **v2_error_responses(400, 401, 404, 413, 415, 429, 503, 504),
+}

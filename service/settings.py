@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1, description="request body limit in bytes (413)"
     )
+    max_v2_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        description="/v2 infer body limit in bytes, JSON or binary tensors (413); 16 MiB holds 64 224x224 "
+        "images as binary tensors, about 16 as JSON",
+    )
     max_pixels: int = Field(
         default=DEFAULT_MAX_PIXELS, ge=1, description="pixel limit per image, from its header (413)"
     )

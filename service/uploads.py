@@ -54,11 +54,22 @@ async def _body(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
             yield chunk
 
 
-async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upload]:
-    """The images in a raw-body or multipart request; 413 over `limit` bytes, 415 for other types."""
+def _check_declared(request: Request, limit: int) -> None:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The request body ({declared} bytes) is over the limit of {limit} bytes.")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body as one bytes object (joined once); 413 over `limit` bytes, declared or counted."""
+    _check_declared(request, limit)
+    chunks = [chunk async for chunk in _body(request, limit)]
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def read_uploads(request: Request, limit: int, max_files: int) -> list[Upload]:
+    """The images in a raw-body or multipart request; 413 over `limit` bytes, 415 for other types."""
+    _check_declared(request, limit)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
         parser = MultiPartParser(

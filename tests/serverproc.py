@@ -11,7 +11,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +102,23 @@ def wait_ready(server: Server, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     wait_bound(server, timeout)
     wait_for_status(f"{server.url}/readyz", server.process, server.output, deadline)
+
+
+@contextmanager
+def serving(
+    model_dir: Path, log: Path, *flags: str, env: dict[str, str] | None = None, timeout: float = 60.0
+) -> Iterator[Server]:
+    """`cxr serve` on a free loopback port, ready (models warm) when entered, terminated on exit.
+
+    `env` adds variables (e.g. CXR_API_KEYS) to a copy of this process's environment without its keys."""
+    running = start_server(model_dir, log, *flags, env=env)
+    try:
+        wait_ready(running, timeout)
+        yield running
+    finally:
+        running.process.terminate()
+        try:
+            running.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            running.process.kill()
+            running.process.wait()

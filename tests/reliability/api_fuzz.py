@@ -4,7 +4,7 @@ Checks: all of schemathesis' (no 5xx, status codes, content types, headers and b
 documents them, invalid input rejected, authentication enforced) except `positive_data_acceptance`, which
 expects a 2xx for any schema-valid body: a schema can say "binary PNG" but not "a PNG that decodes", so
 random bytes are rightly answered 400/415. Our own check (tests.reliability.api_checks) adds: every 4xx/5xx
-is an RFC 9457 problem. The server runs with an API key, which the fuzzer sends, so the auth checks have
+is an RFC 9457 problem, or under /v2 the Open Inference Protocol's `{"error": "..."}`. The server runs with an API key, which the fuzzer sends, so the auth checks have
 something to test. Every request and answer is recorded (HAR) and recounted here, independently of
 schemathesis' verdict.
 """
@@ -20,7 +20,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from service.problems import is_v2
 from tests.reliability.harness import ROOT
 
 API_KEY = "reliability-fuzz-key"
@@ -39,7 +41,7 @@ class ApiFigures:
     requests: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     server_errors: int = 0  # 5xx
-    errors_not_problem_json: int = 0
+    errors_not_problem_json: int = 0  # or, under /v2, not the protocol's JSON error body
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     output_tail: str = ""
@@ -51,7 +53,7 @@ class ApiFigures:
         if self.server_errors:
             found.append(f"{self.server_errors} 5xx answers")
         if self.errors_not_problem_json:
-            found.append(f"{self.errors_not_problem_json} errors not answered as {PROBLEM_JSON}")
+            found.append(f"{self.errors_not_problem_json} errors not answered as {PROBLEM_JSON} (/v2: JSON)")
         if not self.requests:
             found.append("no request was made")
         return found
@@ -67,8 +69,24 @@ def _content_type(entry: dict[str, Any]) -> str:
     return ""
 
 
-def run(url: str, report_dir: Path, *, max_examples: int, seed: int, timeout_s: float = 900) -> ApiFigures:
-    """`schemathesis run` against `url` (a server started with SERVER_ENV); figures from its reports."""
+def _error_format_ok(entry: dict[str, Any]) -> bool:
+    expected = "application/json" if is_v2(urlsplit(entry["request"]["url"]).path) else PROBLEM_JSON
+    return _content_type(entry).startswith(expected)
+
+
+def run(
+    url: str,
+    report_dir: Path,
+    *,
+    max_examples: int,
+    seed: int,
+    timeout_s: float = 900,
+    path_regex: str | None = None,
+    model: str | None = None,
+) -> ApiFigures:
+    """`schemathesis run` against `url` (a server started with SERVER_ENV), on the operations whose path
+    matches `path_regex` (default: all), with every model path parameter set to `model` when given
+    (default: generated); figures from its reports."""
     figures = ApiFigures(max_examples=max_examples, seed=seed)
     report_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -96,8 +114,11 @@ def run(url: str, report_dir: Path, *, max_examples: int, seed: int, timeout_s: 
         str(report_dir / "run.json"),
         "--report-har-path",
         str(report_dir / "requests.har"),
+        *(["--include-path-regex", path_regex] if path_regex else []),
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.reliability.api_checks", "PYTHONPATH": str(ROOT)}
+    env.pop("CXR_FUZZ_MODEL", None)
+    env.update({"CXR_FUZZ_MODEL": model} if model else {})
     started = time.monotonic()
     done = subprocess.run(
         command, cwd=report_dir, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -125,9 +146,7 @@ def run(url: str, report_dir: Path, *, max_examples: int, seed: int, timeout_s: 
             status = int(entry["response"]["status"])
             statuses[str(status)] += 1
             figures.server_errors += status >= 500
-            figures.errors_not_problem_json += status >= 400 and not _content_type(entry).startswith(
-                PROBLEM_JSON
-            )
+            figures.errors_not_problem_json += status >= 400 and not _error_format_ok(entry)
         figures.requests = len(entries)
         figures.statuses = dict(sorted(statuses.items()))
     return figures

@@ -205,7 +205,7 @@ async def test_invalid_parameters_are_422_and_unknown_model_404(model_dir: Path)
         no_files = await client.post("/v1/classify", data={"note": "x"}, files={"empty": (None, b"")})
         unknown = await client.post("/v1/classify?model=other", content=png(), headers=PNG_HEADERS)
         version = await client.post("/v1/classify?model=tiny&version=9", content=png(), headers=PNG_HEADERS)
-        route = await client.get("/v2/nothing")
+        route = await client.get("/v1/nothing")  # under /v2 the protocol's body (tests/service/test_v2.py)
         method = await client.get("/v1/classify")
     assert "heatmap" in assert_problem(heatmap, 422)["detail"]
     assert "model" in assert_problem(name, 422)["detail"]
@@ -567,3 +567,24 @@ async def test_classify_parameters_and_keys_answer_as_declared(model_dir: Path) 
         text = (await client.get("/metrics")).text
     assert statuses == [200, 422, 422, 404, 404, 200, 401, 401, 200]
     assert metric(text, "cxr_http_requests_total", method="POST", route="/v1/classify", status="200") == 3
+
+
+async def test_head_answers_wherever_get_does_with_no_body(model_dir: Path) -> None:
+    """HEAD on /healthz and / answered 405 (FastAPI registers GET routes for GET alone)."""
+    paths = ["/healthz", "/readyz", "/", "/static/app.js", "/v2/health/live", "/v2/health/ready", "/v2"]
+    paths += ["/v2/models/tiny", "/v1/models", "/openapi.json", "/docs", "/redoc", "/metrics"]
+    async with serve(settings_for(model_dir)) as client:
+        for path in paths:
+            get = await client.get(path)
+            head = await client.head(path)
+            assert (head.status_code, head.content) == (get.status_code, b""), path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            if path != "/metrics":  # its counters move between the two requests
+                assert head.headers["content-length"] == str(len(get.content)), path
+        missing = await client.head("/v2/models/no-such-model")
+        post_only = await client.head("/v1/classify")
+        metrics = (await client.get("/metrics")).text
+    assert missing.status_code == 404 and missing.content == b""
+    assert post_only.status_code == 405  # HEAD where GET works, not where it does not
+    # Logged and counted as HEAD, under the route's template.
+    assert metric(metrics, "cxr_http_requests_total", method="HEAD", route="/healthz", status="200") == 1

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.serverproc import Server, start_server, wait_ready
+from tests.serverproc import ROOT, Server, serving
 from tests.tinymodel import make_tiny_model
 
-ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -40,22 +37,6 @@ def model_dir(tmp_path: Path) -> Path:
     repository = tmp_path / "models"
     make_tiny_model(repository)
     return repository
-
-
-@contextmanager
-def serving(model_dir: Path, log: Path, *flags: str) -> Iterator[Server]:
-    """`cxr serve` on a free loopback port, ready (models warm) when entered, terminated on exit."""
-    running = start_server(model_dir, log, *flags)
-    try:
-        wait_ready(running)
-        yield running
-    finally:
-        running.process.terminate()
-        try:
-            running.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            running.process.kill()
-            running.process.wait()
 
 
 @pytest.fixture(scope="module")

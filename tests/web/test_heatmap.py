@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.serverproc import ROOT
 from tests.service.conftest import serve, settings_for
 from tests.tinymodel import blob_image, encode, make_tiny_model
-from tests.web.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
 

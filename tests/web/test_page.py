@@ -22,9 +22,8 @@ from service.model import default_repository, find_versions
 from service.schemas import NOTICE
 from service.web import SECURITY_HEADERS
 from tests.dicoms import identified_dicom
-from tests.serverproc import ROOT, Server
+from tests.serverproc import ROOT, Server, serving
 from tests.tinymodel import blob_image, encode, make_tiny_model
-from tests.web.conftest import serving
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip(
