@@ -25,6 +25,11 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.in_progress = Gauge(
+            "cxr_http_requests_in_progress",
+            "HTTP requests received and not yet answered (probes included).",
+            registry=self.registry,
+        )
         self.request_seconds = Histogram(
             "cxr_http_request_duration_seconds",
             "Time from request start to the end of the response.",

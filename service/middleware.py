@@ -58,6 +58,7 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.monotonic()
         status = 0
+        self.metrics.in_progress.inc()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -85,6 +86,7 @@ class RequestContextMiddleware:
             )
             await response(scope, receive, send_with_id)
         finally:
+            self.metrics.in_progress.dec()
             seconds = time.monotonic() - started
             route = _route(scope)
             self.metrics.requests.labels(method=scope["method"], route=route, status=str(status or 500)).inc()

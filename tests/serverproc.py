@@ -68,6 +68,15 @@ class Server:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    @property
+    def run_log(self) -> Path:
+        """Where a slowed server (delay_s) logs the start of each model run, one line each."""
+        return self.log.with_suffix(".runs")
+
+    def runs_started(self) -> int:
+        """Model runs started so far (warm-up included); 0 for a server that is not slowed."""
+        return len(self.run_log.read_text().splitlines()) if self.run_log.exists() else 0
+
 
 def start_server(
     model_dir: Path,
@@ -82,6 +91,7 @@ def start_server(
     (tests.service.slow_server), so work is still queued when a test needs it to be."""
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "CXR_TEST_BATCH_DELAY_S": str(delay_s)}
     environment.pop("CXR_API_KEYS", None)
+    environment["CXR_TEST_RUN_LOG"] = str(log.with_suffix(".runs"))
     environment.update(env or {})
     module = "tests.service.slow_server" if delay_s else "cxr"
     command = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(port)]

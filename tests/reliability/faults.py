@@ -161,8 +161,11 @@ def disconnect_mid_upload(service: Service) -> DisconnectFigures:
     """Half a body, then the client hangs up: no inference, no server fault, the service carries on."""
     body = request_body()
     figures = DisconnectFigures(batches_before=service.batches(), expected_batches=1)
+    in_progress = service.metric("cxr_http_requests_in_progress")
     connection = _raw_request(service, body[: len(body) // 2], declared_length=len(body))
-    time.sleep(0.2)  # let the server read the first half; nothing to poll for from outside
+    # The app has the request (its body half read) once the gauge counts it (each reading counts the
+    # /metrics request making it too, alike before and after).
+    _wait_for(lambda: service.metric("cxr_http_requests_in_progress") >= in_progress + 1)
     connection.close()
     _wait_for(lambda: "status=499" in service.output())
     figures.served_afterwards = httpx.post(
@@ -184,12 +187,13 @@ def disconnect_mid_queue(service: Service) -> DisconnectFigures:
 
     async def scenario() -> int:
         async with httpx.AsyncClient(base_url=service.url, timeout=30) as client:
+            runs = service.runs_started()
             running = asyncio.ensure_future(
                 client.post("/v1/classify", content=body, headers={"Content-Type": "image/png"})
             )
-            # Nothing outside the server marks "this image is in the model now"; with a 0.5 s batch, 0.15 s
-            # after sending puts the first request well inside its run, so the next one has to queue.
-            await asyncio.sleep(0.15)
+            # The first image is in the model (the slowed server logged its run) before the second is
+            # sent, so the second has to queue behind it.
+            await asyncio.to_thread(_wait_for, lambda: service.runs_started() > runs)
             connection = await asyncio.to_thread(_raw_request, service, body, len(body))
             await asyncio.to_thread(
                 _wait_for, lambda: service.metric("cxr_queue_depth", model=MODEL_KEY) >= 1

@@ -240,14 +240,12 @@ async def test_decompression_bomb_is_413_fast_without_allocating(model_dir: Path
     assert len(bomb) < 200
     async with serve(settings_for(model_dir)) as client:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        started = time.monotonic()
         response = await client.post("/v1/classify", content=bomb, headers=PNG_HEADERS)
-        elapsed = time.monotonic() - started
         multipart = await client.post("/v1/classify", files=[("file", ("bomb.png", bomb, "image/png"))])
         grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert "50000x50000" in assert_problem(response, 413)["detail"]
     assert_problem(multipart, 413)
-    assert elapsed < 0.5
+    # Refused from the header, before decoding: the peak memory shows it (no wall-clock bound: CI is busy).
     assert grown_kib < 100 * 1024  # the 2.5 GB the header declares was never allocated
 
 
@@ -351,12 +349,11 @@ async def test_deadline_gives_504_and_the_expired_request_is_not_computed(
     async with serve(settings) as client:
         warm_runs = len(gate.sizes)
         gate.close()
-        started = time.monotonic()
         running = asyncio.ensure_future(client.post("/v1/classify", content=png(), headers=PNG_HEADERS))
         await wait_until(lambda: gate.waiting == 1)
         queued = asyncio.ensure_future(client.post("/v1/classify", content=png(seed=1), headers=PNG_HEADERS))
+        # Both answered while the model is still held: the deadline answered them, not the model.
         responses = await asyncio.gather(running, queued)
-        elapsed = time.monotonic() - started
         gate.open()
 
         async def dropped() -> float:
@@ -373,7 +370,6 @@ async def test_deadline_gives_504_and_the_expired_request_is_not_computed(
             await asyncio.sleep(0.005)
     for response in responses:
         assert "0.3 s deadline" in assert_problem(response, 504)["detail"]
-    assert elapsed < 2.0
     assert len(gate.sizes) - warm_runs == 1  # only the request already running reached the model
 
 

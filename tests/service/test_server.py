@@ -53,11 +53,9 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
         model_dir, tmp_path / "server.log", "--max-batch-size", "1", "--drain-timeout-s", "10", delay_s=0.2
     )
     servers.append(server)
-    launched = time.monotonic()
     wait_bound(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
         await wait_ready(client)
-        ready_after = time.monotonic() - launched
         single = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
         image = blob_image()
         files = [
@@ -71,9 +69,7 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
         ]
         await wait_queue_depth(client, 2)
         server.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
         responses = await asyncio.gather(*burst)
-        answered_after = time.monotonic() - signalled
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as fresh:
         try:
             late_status = (await fresh.post("/v1/classify", content=png(), headers=PNG_HEADERS)).status_code
@@ -81,14 +77,12 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
             late_status = 0  # connection refused: the listening socket is closed
     returncode = server.process.wait(timeout=20)
     log = server.output()
-    assert ready_after < 15, log
     assert single.status_code == 200 and single.headers["x-request-id"]
     assert multipart.status_code == 200 and [r["image"]["format"] for r in multipart.json()["results"]] == [
         "png",
         "dicom",
     ]
     assert [r.status_code for r in responses] == [200] * 4  # queued work finished, none failed
-    assert answered_after < 10
     assert late_status in (0, 503)
     assert returncode == 0, log  # drained: a clean stop, not a kill (uvicorn re-raises into our handler)
     assert "draining" in log and "Application shutdown complete" in log
@@ -110,17 +104,18 @@ async def test_sigterm_fails_what_the_drain_timeout_leaves_without_hanging(
     wait_bound(server)
     async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
         await wait_ready(client)
+        runs_before = server.runs_started()  # the warm-up's
         burst = [
             asyncio.ensure_future(client.post("/v1/classify", content=png(seed=i), headers=PNG_HEADERS))
             for i in range(3)
         ]
         await wait_queue_depth(client, 2)
         server.process.send_signal(signal.SIGTERM)
-        signalled = time.monotonic()
         responses = await asyncio.gather(*burst)
-        answered_after = time.monotonic() - signalled
     server.process.wait(timeout=20)
-    assert answered_after < 1.5  # drain timeout + margin, not the 4.5 s the queue needed
+    # Answered by the drain timeout, not by the work: of the three images (1.5 s each), only the one already
+    # in the model when the signal came was ever run.
+    assert server.runs_started() - runs_before == 1
     for response in responses:
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
