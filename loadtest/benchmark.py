@@ -323,7 +323,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}"
     )
     parser.add_argument(
-        "--out", type=Path, help="output folder (default: docs/, or build/bench-quick/ with --quick)"
+        "--out",
+        type=Path,
+        help="output folder (default: build/bench/, or build/bench-quick/ with --quick, in the current folder)",
+    )
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="write into the source checkout's docs/ (the committed benchmark figures) instead of --out",
     )
     parser.add_argument("--concurrency", help="closed-loop clients, comma-separated (default 1,4,16,64)")
     parser.add_argument("--duration-s", type=float, help="measured seconds per load level (default 8)")
@@ -346,7 +353,13 @@ def main(args: argparse.Namespace) -> int:
     formats: set[ImageFormat] = {fmt for fmt in get_args(ImageFormat) if fmt in wanted}
     samples = bench_samples(args.images, formats)
     model_dir = load_default(args.model).directory
-    out = args.out or (ROOT / "build" / "bench-quick" if args.quick else ROOT / "docs")
+    if args.docs:
+        out = ROOT / "docs"
+        if not (out / "benchmarks.md").is_file():
+            print(f"cxr bench: --docs needs a source checkout; no {out / 'benchmarks.md'}", file=sys.stderr)  # noqa: T201
+            return 2
+    else:
+        out = args.out or Path("build") / ("bench-quick" if args.quick else "bench")
     plan = Plan(model_dir=model_dir, samples=samples, out_dir=out)
     if args.quick:
         plan.shrink()
