@@ -48,9 +48,10 @@ RUN if [ "$FLAVOR" = cpu ] && /opt/venv/bin/pip show -q onnxruntime-gpu 2>/dev/n
         && /opt/venv/bin/pip install "onnxruntime==${version}"; \
     fi \
     && /opt/venv/bin/python -c "import onnxruntime; print('providers:', onnxruntime.get_available_providers())"
-# An image that cannot classify is not built: the installed command, from outside the source tree, on the
-# model repository the wheel carries, classifies a generated image.
-RUN cd / && /opt/venv/bin/cxr --help > /dev/null \
+# An image that cannot serve or classify is not built: the installed command, from outside the source tree,
+# loads the service (`serve --help` imports the app) and classifies a generated image on the model
+# repository the wheel carries.
+RUN cd / && /opt/venv/bin/cxr --help > /dev/null && /opt/venv/bin/cxr serve --help > /dev/null \
     && /opt/venv/bin/python -c "import cv2, numpy as np; cv2.imwrite('/tmp/probe.png', np.tile(np.arange(256, dtype=np.uint8), (256, 1)))" \
     && /opt/venv/bin/cxr predict --format jsonl /tmp/probe.png \
     && rm /tmp/probe.png
