@@ -195,11 +195,14 @@ def read_result(sr: Dataset) -> dict[str, Any]:
                 walk(item.ContentSequence)
 
     walk(sr.ContentSequence)
+    # The heatmap SC is the evidence the content tree does not reference (the source may itself be an
+    # SC: digitised films and some public datasets are stored as Secondary Capture).
     found["secondary_capture_uids"] = [
         str(item.ReferencedSOPInstanceUID)
         for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
         for series in study.ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
         if item.ReferencedSOPClassUID == SECONDARY_CAPTURE
+        and str(item.ReferencedSOPInstanceUID) not in found["referenced_sop_instance_uids"]
     ]
     return found
