@@ -9,7 +9,9 @@ Content (PS3.16 TID 1500 -> TID 1501 "Measurement and Qualitative Evaluation Gro
 - the algorithm's name, version and model file sha256 (TID 4019 Algorithm Identification), the device
   observer (TID 1004), and Contributing Equipment naming the algorithm (IHE AI Results);
 - VerificationFlag UNVERIFIED, CompletionFlag COMPLETE, and the series description
-  `CAUTION: Not for Diagnostic Use, for research use only.` (what MONAI Deploy and IHE AIR writers use).
+  `CAUTION: Not for Diagnostic Use, for research use only.` (what MONAI Deploy and IHE AIR writers use);
+- the heatmap Secondary Capture of the same result (pacs.sc), when one is written, in the Current
+  Requested Procedure Evidence Sequence beside the source (PS3.3 C.17.2.3).
 
 UIDs are derived from the source image and the model (pydicom `generate_uid(entropy_srcs=...)`, a hash),
 not drawn at random: the same image classified by the same model file always gives the same SR SOP
