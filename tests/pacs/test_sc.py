@@ -39,17 +39,23 @@ OPACITY = 0.45
 MAX_SIZE = 1024  # the default --sc-max-size
 
 
-def _images(study: str) -> dict[str, bytes]:
-    """A small synthetic film, one larger than the SC's maximum size (scaled down), and the real samples."""
-    images = {
-        "small": make_dicom(
-            quantise(phantom((120, 100), seed=3), 12), bits_stored=12, window=(2048, 4096), study_uid=study
-        ),
-        "large": make_dicom(
-            quantise(phantom((1300, 1100), seed=11), 12), bits_stored=12, window=(2048, 4096), study_uid=study
-        ),
+SAMPLES = real_samples()
+needs_samples = pytest.mark.skipif(
+    not SAMPLES, reason="../shared/data/dicom is not present (real DICOM samples)"
+)
+
+
+def _images(image_set: str) -> dict[str, bytes]:
+    """A small synthetic film and one larger than the SC's maximum size (scaled down); or the real samples."""
+    if image_set == "real":
+        return SAMPLES
+    study = generate_uid()
+    small = phantom((120, 100), seed=3)
+    large = phantom((1300, 1100), seed=11)
+    return {
+        "small": make_dicom(quantise(small, 12), bits_stored=12, window=(2048, 4096), study_uid=study),
+        "large": make_dicom(quantise(large, 12), bits_stored=12, window=(2048, 4096), study_uid=study),
     }
-    return images | real_samples()
 
 
 def _service_view(service: Service, data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -97,10 +103,11 @@ def _sc_size(rows: int, columns: int) -> tuple[int, int]:
     return round(columns * scale), round(rows * scale)
 
 
+@pytest.mark.parametrize("image_set", ["synthetic", pytest.param("real", marks=needs_samples)])
 def test_each_radiograph_gets_one_sc_orthanc_renders_matching_the_services_heatmap(
-    orthanc: Orthanc, service: Service, tmp_path: Path
+    orthanc: Orthanc, service: Service, tmp_path: Path, image_set: str
 ) -> None:
-    images = _images(generate_uid())
+    images = _images(image_set)
     for data in images.values():
         orthanc.upload(data)
     config = settings(tmp_path, service, dicomweb_url=orthanc.dicomweb)
