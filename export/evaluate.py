@@ -29,6 +29,7 @@ from export.metrics import by_group, origin_gap_with_ci, summarize
 from service.decode import decode_file
 from service.errors import CxrError
 from service.model import OnnxModel, load_default
+from service.overlay import blend
 from service.preprocess import Geometry, cam_levels
 
 logger = logging.getLogger(__name__)
@@ -260,9 +261,7 @@ def _plot_confusion(matrix: list[list[int]], path: Path) -> None:
 def overlay(pixels: np.ndarray, cam: np.ndarray, geometry: Geometry, alpha: float = 0.45) -> np.ndarray:
     """BGR image: the decoded X-ray with the positive-class CAM (scaled to its own max) as a heat overlay."""
     heat, _ = cam_levels(cam, geometry)  # the levels /v1/classify?heatmap=true returns
-    colored = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
-    base = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
-    mixed = cv2.addWeighted(base, 1 - alpha, colored, alpha, 0)
+    mixed = blend(pixels, heat, opacity=alpha)  # the one overlay, also drawn into the PACS's SC
     x0, y0, x1, y1 = geometry.box
     cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
     return mixed

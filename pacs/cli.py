@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 EXIT_SETTINGS = 2
 DESCRIPTION = (
     "Classify chest radiographs from a PACS (DICOMweb or DIMSE, or as a C-STORE listener) through a cxr "
-    "service and write the results back as DICOM SR. RESEARCH USE ONLY: not for diagnosis."
+    "service and write the results back as a DICOM SR and a heatmap Secondary Capture. RESEARCH USE ONLY: "
+    "not for diagnosis."
 )
 
 

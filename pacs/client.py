@@ -5,13 +5,18 @@ Answers are sorted for the retry loop: connection failures, timeouts, 429, 502, 
 `unsupported-dicom` becomes kind "unsupported": a policy skip such as a lateral-only series or a hand
 radiograph, not a fault); 401/403 and 404 (unknown model) are `Permanent` of kind "config": the pass
 stops and exits 2 without marking any image failed.
+
+Out-of-domain images (the service's input-domain check): a 422 whose problem `type` ends with
+`/not-a-chest-radiograph`, or a 200 result whose `domain.verdict` is "out", raise `OutOfDomain` with the
+service's reason: the image was not analysed, so there is no score and no heatmap to write.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -37,6 +42,11 @@ class Classification:
     model_version: str
     model_sha256: str
     flags: dict[str, str]
+    domain: dict[str, Any] | None = None
+    """The service's input-domain verdict when it gave one: {"verdict": "in" | "corrected", "reasons": [...]}."""
+    heatmap: bytes | None = field(default=None, repr=False, compare=False)
+    """The CAM as a PNG on the decoded image's grid (asked for with `heatmap=True`); not kept in the ledger:
+    the SC drawn from it is."""
 
     @property
     def positive(self) -> bool:
@@ -51,6 +61,7 @@ class Classification:
             "threshold": self.threshold,
             "model": {"name": self.model_name, "version": self.model_version, "sha256": self.model_sha256},
             "flags": self.flags,
+            **({"domain": self.domain} if self.domain else {}),
         }
 
     @classmethod
@@ -65,7 +76,21 @@ class Classification:
             model_version=str(raw["model"]["version"]),
             model_sha256=str(raw["model"]["sha256"]),
             flags={str(k): str(v) for k, v in raw.get("flags", {}).items()},
+            domain=raw.get("domain"),
         )
+
+
+class OutOfDomain(Permanent):
+    """The service refused to analyse the image (not a chest radiograph, per its input-domain check);
+    `reason` is the service's own explanation."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"not analysed: {reason}", kind="out-of-domain")
+        self.reason = reason
+
+
+NOT_A_CHEST_RADIOGRAPH = "/not-a-chest-radiograph"
+"""The end of the problem `type` the service's input-domain check answers 422 with."""
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -104,6 +129,8 @@ def raise_for_status(response: httpx.Response, what: str, *, not_found: str = "i
     message = f"{what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
     if response.status_code in _TRANSIENT_STATUS:
         raise Transient(message, retry_after_s=_retry_after(response))
+    if response.status_code == 422 and problem_type.endswith(NOT_A_CHEST_RADIOGRAPH):
+        raise OutOfDomain(detail or "the service's input-domain check refused the image")
     if response.status_code in (401, 403, 404, 407):
         raise Permanent(message, kind="config" if response.status_code != 404 else not_found)
     kind = "unsupported" if problem_type.endswith("#unsupported-dicom") else "invalid"
@@ -131,7 +158,7 @@ class ServiceClient:
         self._model = model
         self._backoff = backoff or Backoff()
         self._stop = stop
-        self._positive: dict[str, str] = {}
+        self._models: dict[str | None, tuple[str, str, bool]] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -145,23 +172,33 @@ class ServiceClient:
         raise_for_status(response, f"service {method} {path}", not_found="config")
         return response
 
-    def _positive_label(self, name: str) -> str:
+    def _model_info(self, name: str | None) -> tuple[str, str, bool]:
+        """(name, positive label, has a CAM output) of `name`, or of the default model when None."""
         with self._lock:
-            if name in self._positive:
-                return self._positive[name]
+            if name in self._models:
+                return self._models[name]
         response = retry(
             lambda: self._request("GET", "/v1/models"), self._backoff, what="GET /v1/models", stop=self._stop
         )
-        for model in response.json().get("models", []):
-            with self._lock:
-                self._positive[str(model["name"])] = str(model["positive_label"])
-        if name not in self._positive:
-            raise Permanent(f"the service does not list model {name}", kind="config")
-        return self._positive[name]
+        listing = response.json()
+        with self._lock:
+            for model in listing.get("models", []):
+                info = (str(model["name"]), str(model["positive_label"]), "cam" in model.get("outputs", []))
+                self._models[info[0]] = info
+                if model.get("default"):
+                    self._models[None] = info
+            if name not in self._models:
+                raise Permanent(f"the service does not list model {name or '(default)'}", kind="config")
+            return self._models[name]
 
-    def classify(self, dicom: bytes) -> Classification:
-        """One DICOM image -> its classification, retrying transient failures within the backoff budget."""
+    def classify(self, dicom: bytes, *, heatmap: bool = False) -> Classification:
+        """One DICOM image -> its classification, retrying transient failures within the backoff budget.
+
+        `heatmap`: also fetch the class activation map, when the model has one (else `heatmap` stays None).
+        Raises OutOfDomain when the service says the image is not a chest radiograph."""
         params = {"model": self._model} if self._model else {}
+        if heatmap and self._model_info(self._model)[2]:
+            params["heatmap"] = "true"
 
         def post() -> httpx.Response:
             return self._request(
@@ -174,9 +211,14 @@ class ServiceClient:
 
         body = retry(post, self._backoff, what="POST /v1/classify", stop=self._stop).json()
         result = body["results"][0]
+        domain = result.get("domain")
+        if isinstance(domain, dict) and domain.get("verdict") == "out":
+            reasons = "; ".join(str(reason) for reason in domain.get("reasons", [])) or "no reason given"
+            raise OutOfDomain(reasons)
         model = result["model"]
-        positive = self._positive_label(str(model["name"]))
+        positive = self._model_info(str(model["name"]))[1]
         probabilities = {str(k): float(v) for k, v in result["probabilities"].items()}
+        heat = result.get("heatmap")
         return Classification(
             label=str(result["label"]),
             positive_label=positive,
@@ -187,4 +229,13 @@ class ServiceClient:
             model_version=str(model["version"]),
             model_sha256=str(model["sha256"]),
             flags={str(k): str(v) for k, v in result.get("flags", {}).items()},
+            domain=(
+                {
+                    "verdict": str(domain.get("verdict")),
+                    "reasons": [str(r) for r in domain.get("reasons", [])],
+                }
+                if isinstance(domain, dict)
+                else None
+            ),
+            heatmap=base64.b64decode(heat["data"]) if isinstance(heat, dict) and heat.get("data") else None,
         )

@@ -162,6 +162,7 @@ def listen(settings: Any, *, stop: threading.Event, ready: threading.Event | Non
             report=report,
             dry_run=settings.dry_run,
             retry_failed=settings.retry_failed,
+            outputs=settings.outputs,
         )
         listener = StorageListener(
             processor,

@@ -23,6 +23,7 @@ COLUMNS = (
     "threshold",
     "model",
     "sr_sop_instance_uid",
+    "sc_sop_instance_uid",
     "flags",
     "error_kind",
     "error",

@@ -170,6 +170,7 @@ def run_pass(settings: PacsSettings, *, stop: threading.Event | None = None) -> 
             report=report,
             dry_run=settings.dry_run,
             retry_failed=settings.retry_failed,
+            outputs=settings.outputs,
         )
         query = _query(settings, state)
         logger.info(

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pacs.retry import Backoff
 from service.flags import add_flags, from_flags, split_commas
+
+if TYPE_CHECKING:
+    from pacs.pipeline import Outputs
 
 CommaList = Annotated[list[str], NoDecode]
 _DATE_RANGE = r"^(\d{8})?(-(\d{8})?)?$"
@@ -71,6 +74,20 @@ class PacsSettings(BaseSettings):
     limit: int | None = Field(default=None, ge=1, description="process at most this many new images")
     retry_failed: bool = Field(default=False, description="try images that failed permanently before again")
     check_body_part: bool = Field(default=True, description="skip series whose BodyPartExamined is not chest")
+    # --- what is written back
+    write: Literal["both", "sr", "sc"] = Field(
+        default="both", description="results written back: the SR, the heatmap Secondary Capture, or both"
+    )
+    sc_colormap: Literal["jet", "turbo", "inferno", "magma", "viridis", "hot"] = Field(
+        default="jet", description="colour map of the heatmap in the SC (jet, as the web page draws it)"
+    )
+    sc_opacity: float = Field(default=0.45, ge=0.0, le=1.0, description="opacity of the heatmap in the SC")
+    sc_max_size: int = Field(
+        default=1024,
+        ge=256,
+        le=8192,
+        description="longest side of the radiograph in the SC, px (larger images are scaled down)",
+    )
     # --- bookkeeping and output
     state: Path = Field(default_factory=_default_state, description="SQLite state store")
     report: Path | None = Field(default=None, description="report file (.jsonl or .csv)")
@@ -125,6 +142,15 @@ class PacsSettings(BaseSettings):
         if not self.tls_verify:
             return False
         return str(self.ca_bundle) if self.ca_bundle else True
+
+    @property
+    def outputs(self) -> Outputs:
+        """What pacs.pipeline writes back per image."""
+        from pacs.pipeline import Outputs  # highdicom and the decoders: only when a pass runs
+        from pacs.sc import Look
+
+        look = Look(colormap=self.sc_colormap, opacity=self.sc_opacity, max_size=self.sc_max_size)
+        return Outputs(sr=self.write in ("both", "sr"), sc=self.write in ("both", "sc"), look=look)
 
     @property
     def spool(self) -> Path:

@@ -9,7 +9,9 @@ Content (PS3.16 TID 1500 -> TID 1501 "Measurement and Qualitative Evaluation Gro
 - the algorithm's name, version and model file sha256 (TID 4019 Algorithm Identification), the device
   observer (TID 1004), and Contributing Equipment naming the algorithm (IHE AI Results);
 - VerificationFlag UNVERIFIED, CompletionFlag COMPLETE, and the series description
-  `CAUTION: Not for Diagnostic Use, for research use only.` (what MONAI Deploy and IHE AIR writers use).
+  `CAUTION: Not for Diagnostic Use, for research use only.` (what MONAI Deploy and IHE AIR writers use);
+- the heatmap Secondary Capture of the same result (pacs.sc), when one is written, in the Current
+  Requested Procedure Evidence Sequence beside the source (PS3.3 C.17.2.3).
 
 UIDs are derived from the source image and the model (pydicom `generate_uid(entropy_srcs=...)`, a hash),
 not drawn at random: the same image classified by the same model file always gives the same SR SOP
@@ -43,6 +45,7 @@ PROBABILITY = Code("122157", "DCM", "Probability")
 THRESHOLD = Code("122411", "DCM", "Threshold Value")
 NO_UNITS = Code("1", "UCUM", "no units")
 CHEST_RADIOGRAPH = Code("399208008", "SCT", "Plain chest X-ray")
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage (PS3.4 B.5)
 
 
 def sr_uids(source_sop_uid: str, study_uid: str, model_sha256: str) -> tuple[str, str]:
@@ -65,9 +68,9 @@ _TYPE2_FROM_SOURCE = (
 )
 
 
-def _evidence(source: Dataset) -> Dataset:
+def evidence_header(source: Dataset) -> Dataset:
     """The source header with the Type 2 patient/study attributes present (empty when the image lacks
-    them, e.g. ACR-NEMA files), which the SR copies (PS3.3 C.7.1.1, C.7.2.1)."""
+    them, e.g. ACR-NEMA files), which the SR and the SC copy (PS3.3 C.7.1.1, C.7.2.1)."""
     evidence = Dataset()
     evidence.update(source)
     for keyword in _TYPE2_FROM_SOURCE:
@@ -76,9 +79,13 @@ def _evidence(source: Dataset) -> Dataset:
     return evidence
 
 
-def build_sr(source: Dataset, result: Classification) -> Dataset:
-    """The SR for one classified image; `source` needs only its header (patient, study, UIDs)."""
-    source = _evidence(source)
+def build_sr(source: Dataset, result: Classification, secondary_capture: Dataset | None = None) -> Dataset:
+    """The SR for one classified image; `source` needs only its header (patient, study, UIDs).
+
+    `secondary_capture` (its header suffices), the heatmap SC written beside it, is listed in the Current
+    Requested Procedure Evidence Sequence: an instance created for the same requested procedure
+    (PS3.3 C.17.2.3), so a viewer can go from the SR to the picture of the same result."""
+    source = evidence_header(source)
     series_uid, instance_uid = sr_uids(
         str(source.SOPInstanceUID), str(source.StudyInstanceUID), result.model_sha256
     )
@@ -130,16 +137,17 @@ def build_sr(source: Dataset, result: Classification) -> Dataset:
         warnings.filterwarnings(
             "ignore", message="The string .* is unlikely to represent", category=UserWarning
         )
-        sr = _comprehensive_sr(source, report, equipment, series_uid, instance_uid)
+        evidence = [source] if secondary_capture is None else [source, secondary_capture]
+        sr = _comprehensive_sr(evidence, report, equipment, series_uid, instance_uid)
     sr.SeriesDescription = SERIES_DESCRIPTION
     return sr
 
 
 def _comprehensive_sr(
-    source: Dataset, report: Any, equipment: Any, series_uid: str, instance_uid: str
+    evidence: list[Dataset], report: Any, equipment: Any, series_uid: str, instance_uid: str
 ) -> Dataset:
     return hd.sr.ComprehensiveSR(
-        evidence=[source],
+        evidence=evidence,
         content=report,
         series_instance_uid=series_uid,
         series_number=SERIES_NUMBER,
@@ -189,4 +197,14 @@ def read_result(sr: Dataset) -> dict[str, Any]:
                 walk(item.ContentSequence)
 
     walk(sr.ContentSequence)
+    # The heatmap SC is the evidence the content tree does not reference (the source may itself be an
+    # SC: digitised films and some public datasets are stored as Secondary Capture).
+    found["secondary_capture_uids"] = [
+        str(item.ReferencedSOPInstanceUID)
+        for study in sr.get("CurrentRequestedProcedureEvidenceSequence", [])
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+        if item.ReferencedSOPClassUID == SECONDARY_CAPTURE
+        and str(item.ReferencedSOPInstanceUID) not in found["referenced_sop_instance_uids"]
+    ]
     return found

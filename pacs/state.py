@@ -1,10 +1,11 @@
 """The exactly-once ledger: one SQLite row per SOP Instance UID seen, and what was done with it.
 
-An image moves `classified` (the service answered; the result and the encoded SR are stored here in the
-same transaction) -> `written` (the PACS accepted the SR). A pass killed at any point and run again:
+An image moves `classified` (the service answered; the result and the encoded SR and SC are stored here
+in the same transaction) -> `written` (the PACS accepted both). A pass killed at any point and run again:
 - before `classified` committed: the image is classified again (nothing was written yet);
-- after: it is not classified again; the stored SR, whose SOP Instance UID is derived from the source
-  image and the model (pacs.sr), is sent again, so a PACS that had already received it keeps one copy.
+- after: it is not classified again; the stored SC and SR, whose SOP Instance UIDs are derived from the
+  source image and the model (pacs.sr, pacs.sc), are sent again, so a PACS that had already received
+  them keeps one copy of each.
 `failed` rows record the error and its kind; transient and configuration failures (a wrong API key, say)
 are retried by the next pass, permanent ones only with `--retry-failed`. `skipped` rows are images the policy refuses (not a chest, not CR/DX).
 
@@ -32,6 +33,8 @@ CREATE TABLE IF NOT EXISTS instances (
     result              TEXT,
     sr_sop_instance_uid TEXT,
     sr                  BLOB,
+    sc_sop_instance_uid TEXT,
+    sc                  BLOB,
     error_kind          TEXT,
     error               TEXT,
     attempts            INTEGER NOT NULL DEFAULT 0,
@@ -41,6 +44,9 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS instances_status ON instances (status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_ADDED_COLUMNS = {"sc_sop_instance_uid": "TEXT", "sc": "BLOB"}
+"""Columns a ledger written before the Secondary Capture lacks; added on open (an old `classified` row
+keeps its SR alone and is finished as it was begun)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class Record:
     error_kind: str | None
     error: str | None
     attempts: int
+    sc_sop_instance_uid: str | None = None
+    sc: bytes | None = None
 
 
 class StateStore:
@@ -70,6 +78,10 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(instances)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -85,7 +97,8 @@ class StateStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT sop_instance_uid, study_instance_uid, series_instance_uid, status, result,"
-                " sr_sop_instance_uid, sr, error_kind, error, attempts FROM instances WHERE sop_instance_uid = ?",
+                " sr_sop_instance_uid, sr, error_kind, error, attempts, sc_sop_instance_uid, sc"
+                " FROM instances WHERE sop_instance_uid = ?",
                 (sop_instance_uid,),
             ).fetchone()
         if row is None:
@@ -101,6 +114,8 @@ class StateStore:
             row[7],
             row[8],
             row[9],
+            row[10],
+            row[11],
         )
 
     def needs_work(self, sop_instance_uid: str, *, retry_failed: bool = False) -> bool:
@@ -126,8 +141,18 @@ class StateStore:
             )
 
     def mark_classified(
-        self, uid: str, study: str, series: str, *, result: dict[str, Any], sr_uid: str, sr: bytes
+        self,
+        uid: str,
+        study: str,
+        series: str,
+        *,
+        result: dict[str, Any],
+        sr_uid: str | None,
+        sr: bytes | None,
+        sc_uid: str | None = None,
+        sc: bytes | None = None,
     ) -> None:
+        """The answer and the encoded objects to write (either may be None: not written in this mode)."""
         self._upsert(
             uid,
             study,
@@ -136,6 +161,8 @@ class StateStore:
             result=json.dumps(result, sort_keys=True),
             sr_sop_instance_uid=sr_uid,
             sr=sr,
+            sc_sop_instance_uid=sc_uid,
+            sc=sc,
             error_kind=None,
             error=None,
         )
@@ -143,7 +170,7 @@ class StateStore:
     def mark_written(self, uid: str) -> None:
         with self._lock:
             self._db.execute(
-                "UPDATE instances SET status = 'written', sr = NULL, error_kind = NULL, error = NULL,"
+                "UPDATE instances SET status = 'written', sr = NULL, sc = NULL, error_kind = NULL, error = NULL,"
                 " updated = ? WHERE sop_instance_uid = ?",
                 (time.time(), uid),
             )

@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # service.dicom imports this module (and pydicom, lazily)
     from service.dicom import DicomPolicy
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SHORT_SIDE = 320
 """Shorter side of the training images; every decoded image is brought to this scale (never enlarged)."""
@@ -192,12 +194,10 @@ def check_deflated_dicom(data: bytes, offset: int, max_pixels: int) -> None:
         raise InvalidImage("The deflated DICOM dataset is corrupt (zlib stream error).") from None
 
 
-def _decode_dicom(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
-    """service.dicom.decode_dicom, with every parser failure answered as InvalidImage."""
-    from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
-
+def _guarded(read: Callable[[], T]) -> T:
+    """`read()` (a service.dicom reader), with every parser failure answered as InvalidImage."""
     try:
-        return decode_dicom(data, max_pixels=max_pixels, policy=policy)
+        return read()
     except CxrError:
         raise
     except BaseException as error:
@@ -217,17 +217,43 @@ def _decode_dicom(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> D
         raise InvalidImage(f"The DICOM file could not be read ({type(error).__name__}).") from None
 
 
-def _decode_dicom_file(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
+def _decode_dicom(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
+    """service.dicom.decode_dicom, with every parser failure answered as InvalidImage."""
+    from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
+
+    return _guarded(lambda: decode_dicom(data, max_pixels=max_pixels, policy=policy))
+
+
+def _display_dicom(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
+    from service.dicom import display_pixels
+
+    return _guarded(lambda: display_pixels(data, max_side=max_side, max_pixels=max_pixels))
+
+
+def _isolated_if_compressed(data: bytes, max_pixels: int, function: Callable[..., T], *args: object) -> T:
     syntax, offset = _file_meta(data)
     if syntax == _DEFLATED_DICOM:
         check_deflated_dicom(data, offset, max_pixels)
     if syntax is None or syntax in _NATIVE_DICOM:
-        return _decode_dicom(data, max_pixels, policy)
+        return function(data, max_pixels, *args)
     # Compressed pixel data goes through native codecs, GDCM among them, which can abort the process on
     # hostile input (service.sandbox): decoded in a child process.
     from service.sandbox import run_isolated
 
-    return run_isolated(_decode_dicom, data, max_pixels, policy)
+    return run_isolated(function, data, max_pixels, *args)
+
+
+def _decode_dicom_file(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
+    return _isolated_if_compressed(data, max_pixels, _decode_dicom, policy)
+
+
+def display_dicom(data: bytes, *, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A DICOM radiograph for a picture of the result (the PACS Secondary Capture): the grey levels
+    `decode` gives the model (same Modality LUT -> VOI -> MONOCHROME1 path), full field of view, but
+    brought to a longer side of at most `max_side` px instead of the training scale. Raises as `decode`."""
+    if sniff_format(data) != "dicom":
+        raise UnsupportedMediaType("Not a DICOM file.")
+    return _isolated_if_compressed(data, max_pixels, _display_dicom, max_side)
 
 
 def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:

@@ -158,6 +158,30 @@ def decode_dicom(data: bytes, *, max_pixels: int, policy: DicomPolicy | None = N
     return DecodedImage(to_training_scale(pixels), "dicom", rows, columns, flags)
 
 
+def display_pixels(data: bytes, *, max_side: int, max_pixels: int) -> np.ndarray:
+    """One frame of a grayscale radiograph as 8-bit display values, the levels decode_dicom feeds the
+    model, but at full field of view brought down (INTER_AREA, never enlarged) to a longer side of at
+    most `max_side` px: the picture of a result (pacs.sc), not a model input. No policy check: the
+    service has already accepted the image. Raises as decode_dicom."""
+    import cv2
+
+    if max_side < 1:
+        raise ValueError("max_side must be at least 1")
+    ds = _read_dataset(data)
+    check_tags(ds, DicomPolicy(modalities=frozenset(), check_body_part=False))
+    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    check_pixel_limit(columns, rows, max_pixels)
+    stored = _stored_pixels(ds)
+    if stored.shape != (rows, columns):
+        raise UnsupportedDicom(f"Expected one {rows}x{columns} grayscale frame, got shape {stored.shape}.")
+    pixels = np.rint(display_values(ds, stored) * 255.0).astype(np.uint8)
+    scale = max_side / max(rows, columns)
+    if scale >= 1.0:
+        return pixels
+    size = (max(1, round(columns * scale)), max(1, round(rows * scale)))
+    return np.asarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
+
+
 def _stored_pixels(ds: Any) -> np.ndarray:
     from pydicom.pixels.utils import pixel_array
 

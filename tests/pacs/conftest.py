@@ -141,6 +141,10 @@ class Orthanc:
         """Every SR instance Orthanc holds, read back as DICOM."""
         return [self.dataset(i) for i in self.find("Instance", {"Modality": "SR"})]
 
+    def scs(self) -> list[Dataset]:
+        """Every Secondary Capture Orthanc holds (our SCs are Modality OT), read back as DICOM."""
+        return [self.dataset(i) for i in self.find("Instance", {"Modality": "OT"})]
+
 
 @pytest.fixture
 def make_orthanc(tmp_path: Path) -> Iterator[Callable[..., Orthanc]]:
@@ -246,10 +250,11 @@ def own_service(model_dir: Path, tmp_path: Path) -> Iterator[Service]:
     server.stop()
 
 
-def settings(tmp_path: Path, service: Service, **values: Any) -> PacsSettings:
-    """PacsSettings for a test: state and report under tmp_path, quick retries, no progress bar."""
+def settings(tmp_path: Path, service: Service | str, **values: Any) -> PacsSettings:
+    """PacsSettings for a test (the service, or its URL): state and report under tmp_path, quick retries,
+    no progress bar."""
     defaults: dict[str, Any] = {
-        "service_url": service.url,
+        "service_url": service if isinstance(service, str) else service.url,
         "state": tmp_path / "state.sqlite",
         "report": tmp_path / "report.jsonl",
         "progress": "off",
@@ -269,14 +274,35 @@ def report_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def sr_by_source(srs: list[Dataset]) -> dict[str, list[Dataset]]:
-    """SRs keyed by the SOP Instance UID of the image each references (evidence sequence)."""
+    """SRs keyed by the SOP Instance UID of the image each references (evidence sequence; the heatmap SC
+    listed there too is not a source)."""
+    from pacs.sr import read_result
+
     found: dict[str, list[Dataset]] = {}
     for sr in srs:
+        pictures = set(read_result(sr)["secondary_capture_uids"])
         for study in sr.CurrentRequestedProcedureEvidenceSequence:
             for series in study.ReferencedSeriesSequence:
                 for item in series.ReferencedSOPSequence:
-                    found.setdefault(str(item.ReferencedSOPInstanceUID), []).append(sr)
+                    if str(item.ReferencedSOPInstanceUID) not in pictures:
+                        found.setdefault(str(item.ReferencedSOPInstanceUID), []).append(sr)
     return found
+
+
+def sc_by_source(scs: list[Dataset]) -> dict[str, list[Dataset]]:
+    """SCs keyed by the SOP Instance UID of the image each derives from (Source Image Sequence)."""
+    found: dict[str, list[Dataset]] = {}
+    for sc in scs:
+        for item in sc.SourceImageSequence:
+            found.setdefault(str(item.ReferencedSOPInstanceUID), []).append(sc)
+    return found
+
+
+def exactly_one_sr_and_sc_each(orthanc: Orthanc, uids: list[str]) -> None:
+    """Orthanc holds one SR and one SC for each image in `uids`, and none for any other."""
+    for kind, by_source in (("SR", sr_by_source(orthanc.srs())), ("SC", sc_by_source(orthanc.scs()))):
+        assert sorted(by_source) == sorted(uids), kind
+        assert {uid: len(found) for uid, found in by_source.items() if len(found) != 1} == {}, kind
 
 
 def load(data: bytes) -> Dataset:
@@ -321,10 +347,13 @@ def check_srs(
     orthanc: Orthanc, expected: dict[str, dict[str, Any]], sources: dict[str, Dataset]
 ) -> dict[str, Dataset]:
     """Exactly one SR per expected image, whose references and values match `cxr predict`'s record."""
+    from pacs.sc import SERIES_DESCRIPTION as SC_SERIES_DESCRIPTION
     from pacs.sr import SERIES_DESCRIPTION, read_result
 
     by_source = sr_by_source(orthanc.srs())
+    scs = sc_by_source(orthanc.scs())
     assert set(by_source) == set(expected), (sorted(by_source), sorted(expected))
+    assert set(scs) == set(expected), (sorted(scs), sorted(expected))
     for uid, record in expected.items():
         assert len(by_source[uid]) == 1, f"{len(by_source[uid])} SRs for {uid}"
         sr, source = by_source[uid][0], sources[uid]
@@ -340,4 +369,17 @@ def check_srs(
         assert values["probability"] == pytest.approx(record["probabilities"]["covid"], abs=1e-6)
         assert values["threshold"] == pytest.approx(record["threshold"])
         assert values["finding"] == ("Suspected" if record["label"] == "covid" else "Not detected")
+        assert len(scs[uid]) == 1, f"{len(scs[uid])} SCs for {uid}"
+        sc = scs[uid][0]
+        assert values["secondary_capture_uids"] == [sc.SOPInstanceUID]  # the SR points at its picture
+        assert (
+            sc.StudyInstanceUID == source.StudyInstanceUID
+            and sc.SeriesInstanceUID != source.SeriesInstanceUID
+        )
+        assert sc.get("PatientID", "") == source.get("PatientID", "")
+        assert sc.SeriesDescription == SC_SERIES_DESCRIPTION and sc.BurnedInAnnotation == "YES"
+        assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert "RESEARCH USE ONLY - NOT FOR DIAGNOSIS" in sc.ImageComments
+        assert f"{record['probabilities']['covid']:.3f}" in sc.ImageComments
+        assert sc.pixel_array.shape[2] == 3 and sc.PhotometricInterpretation == "RGB"
     return {uid: srs[0] for uid, srs in by_source.items()}

@@ -7,12 +7,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cxr.cli import build_parser
+from pacs.canvas import MIN_WIDTH, compose
 from pacs.cli import main
 from pacs.dicomweb import split_multipart
 from pacs.retry import Backoff, Permanent, Transient, retry
+from pacs.sc import Look
 from pacs.settings import PacsSettings, add_cli_flags, from_cli
 from pacs.state import StateStore
 
@@ -48,6 +51,8 @@ def test_flags_override_environment_and_lists_repeat(monkeypatch: pytest.MonkeyP
         ("--dicomweb-url", "http://p", "--username", "u", "--token", "t"),
         ("--dicomweb-url", "http://p", "--ae-title", "MUCH-TOO-LONG-AE-TITLE"),
         ("--listen",),  # nowhere to write results
+        ("--dicomweb-url", "http://p", "--sc-opacity", "1.5"),
+        ("--dicomweb-url", "http://p", "--sc-max-size", "64"),
     ],
 )
 def test_bad_settings_exit_2(argv: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,6 +60,36 @@ def test_bad_settings_exit_2(argv: tuple[str, ...], monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv(variable, raising=False)
     args = build_parser(["pacs", *argv]).parse_args(["pacs", *argv])
     assert main(args) == 2
+
+
+def test_write_and_sc_flags_become_the_pipelines_outputs() -> None:
+    default = from_cli(_parse("--dicomweb-url", "http://p")).outputs
+    assert (default.sr, default.sc, default.look) == (True, True, Look("jet", 0.45, 1024))
+    chosen = from_cli(
+        _parse("--dicomweb-url", "http://p", "--write", "sc", "--sc-colormap", "turbo", "--sc-opacity", "0.3",
+               "--sc-max-size", "2048")
+    ).outputs  # fmt: skip
+    assert (chosen.sr, chosen.sc, chosen.look) == (False, True, Look("turbo", 0.3, 2048))
+    assert from_cli(_parse("--dicomweb-url", "http://p", "--write", "sr")).outputs.sc is False
+
+
+def test_sc_canvas_keeps_the_caution_at_both_ends_and_the_radiograph_untouched() -> None:
+    rng = np.random.default_rng(0)
+    for shape in ((96, 80), (1024, 900)):
+        gray = rng.integers(0, 256, shape, dtype=np.uint8)
+        picture, layout = compose(
+            gray,
+            None,
+            result_lines=["NOT ANALYSED: " + "a long reason that must wrap " * 4],
+            model_lines=["model.onnx sha256 " + "f" * 64],
+        )
+        x0, y0, x1, y1 = layout.image_box
+        assert picture.shape == (layout.height, layout.width, 3) and layout.width >= MIN_WIDTH
+        assert (x1 - x0, y1 - y0) == (shape[1], shape[0])
+        assert np.array_equal(picture[y0:y1, x0:x1, 0], gray)  # the radiograph's own pixels, not resampled
+        red = (picture[:, :, 0] > 150) & (picture[:, :, 1] < 40)  # the caution's band (white text on red)
+        red_rows = np.nonzero(red.mean(axis=1) > 0.5)[0]
+        assert red_rows.min() < y0 and red_rows.max() >= y1  # above and below the radiograph
 
 
 def test_study_date_range_forms_are_accepted() -> None:
@@ -140,5 +175,30 @@ def test_ledger_transitions(tmp_path: Path) -> None:
         state.mark_skipped("3", "s", "se", reason="hand")
         assert not state.needs_work("3", retry_failed=True)
         assert state.counts() == {"written": 1, "failed": 1, "skipped": 1}
+    with StateStore(tmp_path / "state.sqlite") as state:  # the SC travels with the SR, and is dropped with it
+        state.mark_classified("4", "s", "se", result={}, sr_uid=None, sr=None, sc_uid="8", sc=b"SC")
+        record = state.get("4")
+        assert record is not None and (record.sr, record.sc, record.sc_sop_instance_uid) == (None, b"SC", "8")
+        state.mark_written("4")
+        assert state.get("4").sc is None  # type: ignore[union-attr]
     with StateStore(tmp_path / "state.sqlite") as reopened:  # durable
         assert reopened.get("1") is not None and reopened.get("1").sr is None  # type: ignore[union-attr]
+
+
+def test_a_ledger_from_before_the_sc_gains_its_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
+        " series_instance_uid TEXT NOT NULL, status TEXT NOT NULL, result TEXT, sr_sop_instance_uid TEXT,"
+        " sr BLOB, error_kind TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, first_seen REAL NOT NULL,"
+        " updated REAL NOT NULL);"
+        "INSERT INTO instances VALUES ('1', 's', 'se', 'classified', '{}', '9', x'5352', NULL, NULL, 0, 0, 0);"
+    )
+    old.commit()
+    old.close()
+    with StateStore(path) as state:
+        record = state.get("1")
+        assert record is not None and (record.sr, record.sc) == (b"SR", None)  # finished as it was begun

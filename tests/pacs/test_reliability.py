@@ -1,5 +1,6 @@
-"""Exactly once and nothing lost: a pass SIGKILLed mid-way and run again, a crash between writing the SR and
-recording it, and the PACS or the service stopped during a pass and started again."""
+"""Exactly once and nothing lost: a pass SIGKILLed mid-way and run again, a crash between writing the SC or
+the SR and recording it, and the PACS or the service stopped during a pass and started again. Each image
+ends with exactly one SR and one heatmap SC in the PACS."""
 
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ from tests.pacs.conftest import (
     ROOT,
     Orthanc,
     Service,
+    exactly_one_sr_and_sc_each,
     load,
     report_rows,
     settings,
-    sr_by_source,
     wait_for,
 )
 
@@ -43,13 +44,7 @@ def _upload_set(orthanc: Orthanc, count: int) -> list[str]:
     return [str(load(data).SOPInstanceUID) for data in images]
 
 
-def _exactly_one_sr_each(orthanc: Orthanc, uids: list[str]) -> None:
-    by_source = sr_by_source(orthanc.srs())
-    assert sorted(by_source) == sorted(uids)
-    assert {uid: len(srs) for uid, srs in by_source.items() if len(srs) != 1} == {}
-
-
-def test_sigkill_mid_pass_then_rerun_gives_exactly_one_sr_per_image(
+def test_sigkill_mid_pass_then_rerun_gives_exactly_one_sr_and_one_sc_per_image(
     orthanc: Orthanc, service: Service, tmp_path: Path
 ) -> None:
     uids = _upload_set(orthanc, 24)
@@ -75,7 +70,7 @@ def test_sigkill_mid_pass_then_rerun_gives_exactly_one_sr_per_image(
     finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
-    _exactly_one_sr_each(orthanc, uids)
+    exactly_one_sr_and_sc_each(orthanc, uids)
     written = [row["sop_instance_uid"] for row in report_rows(report) if row["status"] == "written"]
     assert sorted(written) == sorted(uids)  # each image reported written exactly once over the three runs
     # Each kill can lose at most the answer in flight (one worker): classified at most once more.
@@ -84,18 +79,23 @@ def test_sigkill_mid_pass_then_rerun_gives_exactly_one_sr_per_image(
 
 
 class _DiesAfterStoring:
-    """A sink that stores the SR, then dies before the ledger records it (as a SIGKILL would)."""
+    """A sink that stores `count` objects (the SC, then the SR), then dies before the ledger records
+    them (as a SIGKILL would)."""
 
-    def __init__(self, inner: DicomWebClient) -> None:
+    def __init__(self, inner: DicomWebClient, count: int) -> None:
         self.inner = inner
+        self.count = count
 
     def store(self, dicom: bytes, study_uid: str | None = None) -> None:
         self.inner.store(dicom, study_uid)
-        raise SystemExit("killed after STOW-RS, before mark_written")
+        self.count -= 1
+        if self.count == 0:
+            raise SystemExit("killed after STOW-RS, before mark_written")
 
 
-def test_crash_between_storing_the_sr_and_recording_it_does_not_duplicate(
-    orthanc: Orthanc, service: Service, tmp_path: Path
+@pytest.mark.parametrize("stored", [1, 2], ids=["after-the-sc", "after-the-sc-and-the-sr"])
+def test_crash_between_storing_the_results_and_recording_them_does_not_duplicate(
+    orthanc: Orthanc, service: Service, tmp_path: Path, stored: int
 ) -> None:
     uid = _upload_set(orthanc, 1)[0]
     web = DicomWebClient(orthanc.dicomweb)
@@ -103,7 +103,9 @@ def test_crash_between_storing_the_sr_and_recording_it_does_not_duplicate(
     ref = InstanceRef(str(source.StudyInstanceUID), str(source.SeriesInstanceUID), uid)
     classifier = ServiceClient(service.url)
     with StateStore(tmp_path / "state.sqlite") as state:
-        dying = Processor(state=state, service=classifier, sink=_DiesAfterStoring(web), report=Report(None))  # type: ignore[arg-type]
+        dying = Processor(
+            state=state, service=classifier, sink=_DiesAfterStoring(web, stored), report=Report(None)
+        )  # type: ignore[arg-type]
         with pytest.raises(SystemExit):
             dying.process(ref, lambda: web.retrieve(ref))
         assert state.get(uid) is not None and state.get(uid).status == "classified"  # type: ignore[union-attr]
@@ -111,7 +113,7 @@ def test_crash_between_storing_the_sr_and_recording_it_does_not_duplicate(
         again = Processor(state=state, service=classifier, sink=web, report=Report(None))
         assert again.process(ref, lambda: pytest.fail("must not retrieve again")).status == "written"
         assert service.images_classified() == before  # not classified a second time
-    _exactly_one_sr_each(orthanc, [uid])
+    exactly_one_sr_and_sc_each(orthanc, [uid])
     web.close()
     classifier.close()
 
@@ -155,7 +157,7 @@ def test_pacs_outage_during_a_pass_is_retried_and_nothing_is_lost(
     orthanc.start()
     thread.join(timeout=120)
     assert status == [0]
-    _exactly_one_sr_each(orthanc, uids)
+    exactly_one_sr_and_sc_each(orthanc, uids)
     assert sorted(row["sop_instance_uid"] for row in report_rows(tmp_path / "report.jsonl")) == sorted(uids)
 
 
@@ -172,7 +174,7 @@ def test_service_outage_during_a_pass_is_retried_and_nothing_is_lost(
     own_service.start()
     thread.join(timeout=120)
     assert status == [0]
-    _exactly_one_sr_each(orthanc, uids)
+    exactly_one_sr_and_sc_each(orthanc, uids)
     retried = [
         r.getMessage() for r in caplog.records if r.name == "pacs.retry" and "; retry " in r.getMessage()
     ]
@@ -191,4 +193,4 @@ def test_outage_longer_than_the_budget_stops_the_pass_with_status_3_and_the_next
     assert len(rows) < len(uids) or len(rows) <= config.workers  # stopped starting new images
     own_service.start()
     assert run(config) == 0
-    _exactly_one_sr_each(orthanc, uids)
+    exactly_one_sr_and_sc_each(orthanc, uids)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -239,3 +240,21 @@ def test_lateral_and_decubitus_views_are_flagged() -> None:
 def test_explicit_vr_default_syntax_is_untouched() -> None:
     data = make_dicom(quantise(IMAGE, 12), bits_stored=12, transfer_syntax=ExplicitVRLittleEndian)
     assert decode(data).original_height == 120
+
+
+@pytest.mark.parametrize("name", ["mono1-12bit", "16bit-signed", "jpegls", "j2k-lossy"])
+def test_display_dicom_is_the_decoded_picture_at_the_pictures_scale(name: str) -> None:
+    """What `cxr pacs` draws its Secondary Capture from: the model's grey levels, full field of view."""
+    from service.decode import display_dicom
+
+    data = variants(generate_uid())[name]
+    small = display_dicom(data, max_side=1024)
+    assert small.shape == (120, 100) and np.array_equal(small, decode(data).pixels)  # never enlarged
+    large = make_dicom(quantise(phantom((1300, 1100), seed=2), 12), bits_stored=12, window=(2048, 4096))
+    shown = display_dicom(large, max_side=512)
+    assert shown.shape == (512, round(1100 * 512 / 1300))
+    model_grid = decode(large).pixels
+    resized = cv2.resize(shown, model_grid.shape[::-1], interpolation=cv2.INTER_AREA)
+    assert np.abs(resized.astype(int) - model_grid.astype(int)).mean() < 1.0
+    with pytest.raises(UnsupportedMediaType):
+        display_dicom(b"\x89PNG\r\n\x1a\n" + b"\0" * 64, max_side=512)
