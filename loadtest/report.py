@@ -229,7 +229,8 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
             if results["quick"]
             else ""
         ),
-        "Research use only: these figures are about serving speed, not diagnostic performance.",
+        "Research use only: these figures are about serving speed, not diagnostic performance. Earlier runs, and "
+        "what was tried and dropped: [benchmark-history.md](benchmark-history.md).",
         "",
         "## Machine and model",
         "",
