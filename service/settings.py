@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         default=None, description="model used without ?model= (default: default.json, else the first name)"
     )
     max_batch_size: int = Field(default=8, ge=1, le=256, description="largest batch sent to ONNX Runtime")
+    batch_policy: Literal["auto", "fixed"] = Field(
+        default="auto",
+        description="auto: batch only up to the size whose warm-up images/s still rose (at most "
+        "max_batch_size); fixed: up to max_batch_size",
+    )
     max_queue_delay_ms: float = Field(
         default=2.0,
         ge=0,
