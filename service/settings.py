@@ -57,7 +57,8 @@ class Settings(BaseSettings):
         default=2.0,
         ge=0,
         le=10_000,
-        description="longest wait for a batch to fill, from the oldest queued request",
+        description="longest wait for a batch to fill, from its oldest request, when that one arrived while "
+        "a batch was running (an image reaching an idle worker runs at once)",
     )
     queue_capacity: int = Field(
         default=64, ge=1, description="queued images per model before requests are refused"
