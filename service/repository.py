@@ -118,7 +118,7 @@ class ModelRepository:
             policy = await served.batcher.warm((size, size, 1), mode=self.settings.batch_policy)
             figures = ", ".join(f"{batch}: {rate:.1f}" for batch, rate in policy.images_per_s.items())
             logger.info(
-                "warmed %s: batch policy %s, batches up to %d (%s); warm-up images/s by batch size {%s}",
+                "warmed %s: batch policy %s, batches up to %d: %s; warm-up images/s by batch size {%s}",
                 served.key,
                 policy.mode,
                 policy.max_batch_size,
