@@ -127,8 +127,9 @@ def write_config(
 
     `model_dir` is the model's directory `<repo>/<name>` or one of its version directories
     `<repo>/<name>/<version>`. Every numeric version's model.onnx must have the same inputs and outputs (one
-    config serves them all); `name` must be the directory's name, as Triton requires. The defaults mirror
-    `cxr serve`'s: batches up to 8, padded sizes preferred, 2 ms queue delay from the oldest request.
+    config serves them all); `name` must be the directory's name, as Triton requires. The defaults: batches
+    up to 8 (`cxr serve`'s configured maximum), padded sizes preferred, 2 ms queue delay from the oldest
+    request (Triton's, fixed: `cxr serve` chooses its batch size at warm-up and waits 0 ms by default).
     KIND_AUTO puts the instance on a GPU when Triton has one, else on the CPU.
     """
     model_root = model_dir.parent if (model_dir / _MODEL_FILE).is_file() else model_dir

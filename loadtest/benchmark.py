@@ -4,10 +4,12 @@ One invocation, one machine, the same model and images for every target:
 
 1. the in-process limit (loadtest/limit.py) and where the time goes, with the measured effect of each
    optimization the service relies on;
-2. each target as a real process on a free loopback port (loadtest/targets.py): the service with dynamic
-   batching, the service with max batch 1, the naive baseline (loadtest/naive_app.py) and Ray Serve with
-   `@serve.batch` (loadtest/peer_ray.py), each over a closed-loop concurrency sweep and an open-loop sweep
-   of fixed arrival rates (fractions of the service's peak; loadtest/loadgen.py);
+2. each target as a real process on a free loopback port (loadtest/targets.py): the service with its
+   defaults (the batch policy it chose at warm-up is recorded), the naive baseline (loadtest/naive_app.py)
+   and Ray Serve with `@serve.batch` (loadtest/peer_ray.py), each over a closed-loop concurrency sweep and
+   an open-loop sweep of fixed arrival rates (fractions of the service's peak; loadtest/loadgen.py); then
+   the service with one setting changed at a time (the batch policy fixed at 1 and at the maximum among
+   them), each next to the defaults;
 3. the overload checks on the service: 70 % of peak, then 2x peak (only 2xx/503/429, no request past its
    deadline, bounded memory), then back to peak;
 4. a GPU section when a CUDA provider is usable (else skipped, saying why).
@@ -35,6 +37,7 @@ import onnxruntime as ort
 from loadtest import limit, report
 from loadtest.images import Sample, load_samples
 from service.allocator import retain_freed_memory
+from service.batcher import batch_sizes
 from service.cpus import usable_cpus
 from service.decode import ImageFormat
 from service.model import OnnxModel, available_providers, load_default
@@ -43,6 +46,9 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = ("service", "service-b1", "naive", "naive-service-decoder", "peer")
+DEFAULT_TARGETS = ("service", "naive", "naive-service-decoder", "peer")
+"""`service-b1` (a whole sweep at max batch 1) only when asked for: the fixed-batch-1 variant measures that
+next to the defaults, which is the comparison that matters."""
 
 
 @dataclass
@@ -52,7 +58,7 @@ class Plan:
     model_dir: Path  # a version directory (card.json)
     samples: list[Sample]
     out_dir: Path
-    targets: list[str] = field(default_factory=lambda: list(TARGETS))
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 16, 64])
     open_fractions: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7, 0.9])
     warmup_s: float = 2.0
@@ -74,19 +80,35 @@ class Plan:
 
     def shrink(self) -> None:
         self.quick = True
-        self.service_variants = {}
+        self.service_variants = batch_variants(self.defaults)
         self.concurrency, self.open_fractions = [1, 4], [0.5, 0.7]
         self.warmup_s, self.duration_s, self.overload_s, self.stage_repeats = 0.3, 1.0, 2.0, 2
         self.limit_rounds, self.pairs = 1, 1
 
 
+def batch_variants(defaults: Settings) -> dict[str, list[str]]:
+    """The batch policy fixed by hand at 1 and at the configured maximum: what the automatic choice
+    (the defaults) is measured against."""
+    largest = str(defaults.max_batch_size)
+    return {
+        "--batch-policy fixed --max-batch-size 1": ["--batch-policy", "fixed", "--max-batch-size", "1"],
+        f"--batch-policy fixed --max-batch-size {largest}": [
+            "--batch-policy",
+            "fixed",
+            "--max-batch-size",
+            largest,
+        ],
+    }
+
+
 def default_variants(defaults: Settings) -> dict[str, list[str]]:
-    """One setting changed at a time: the decode pool the other way (one thread per core, or one core
-    left to ONNX Runtime), and glibc's allocator defaults (service/allocator.py; the limit keeps the
-    service's setting)."""
+    """One setting changed at a time: the batch policy fixed (batch_variants), the decode pool the other
+    way (one thread per core, or one core left to ONNX Runtime), and glibc's allocator defaults
+    (service/allocator.py; the limit keeps the service's setting)."""
     cores = usable_cpus()
     workers = cores if defaults.decode_workers != cores else max(1, cores - 1)
     return {
+        **batch_variants(defaults),
         f"--decode-workers {workers}": ["--decode-workers", str(workers)],
         "--malloc-retain-mib 0": ["--malloc-retain-mib", "0"],
     }
@@ -133,7 +155,8 @@ class _Limit:
         one = OnnxModel(
             plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=budget.intra_op_threads
         )
-        self.sizes = [1, budget.max_batch_size]
+        # Every batch size the service may choose: the limit is the best of them, whichever the service took.
+        self.sizes = batch_sizes(budget.max_batch_size)
         self.stages = limit.stage_times(one, plan.samples, repeats=plan.stage_repeats, batch_sizes=self.sizes)
         both = OnnxModel(plan.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=2)
         workers, threads = budget.decode_workers, budget.intra_op_threads
@@ -272,6 +295,7 @@ def run(plan: Plan) -> dict[str, Any]:
             "service": plan.defaults.model_dump(
                 include={
                     "max_batch_size",
+                    "batch_policy",
                     "max_queue_delay_ms",
                     "queue_capacity",
                     "request_timeout_s",
@@ -293,7 +317,9 @@ def run(plan: Plan) -> dict[str, Any]:
         in_process.round()
     from loadtest import sweeps  # psutil comes with the [load] extra; `cxr --help` needs none of it
 
-    results["runs"], results["overload"] = sweeps.measure_targets(plan, paired=in_process.paired_round)
+    results["runs"], results["overload"], results["batching"] = sweeps.measure_targets(
+        plan, paired=in_process.paired_round
+    )
     results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)
     # Load at the end too: other processes that started during the run took CPU from its figures.
@@ -320,7 +346,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="formats to send, comma-separated (default: jpeg, the acceptance set)",
     )
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}"
+        "--targets",
+        default=",".join(DEFAULT_TARGETS),
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: all but service-b1)",
     )
     parser.add_argument(
         "--out",
@@ -363,9 +391,9 @@ def main(args: argparse.Namespace) -> int:
     plan = Plan(model_dir=model_dir, samples=samples, out_dir=out)
     if args.quick:
         plan.shrink()
-        if args.targets == ",".join(TARGETS):
-            plan.targets = [t for t in TARGETS if t != "peer"]  # Ray takes ~20 s to start
-    if args.targets != ",".join(TARGETS):
+        if args.targets == ",".join(DEFAULT_TARGETS):
+            plan.targets = [t for t in DEFAULT_TARGETS if t != "peer"]  # Ray takes ~20 s to start
+    if args.targets != ",".join(DEFAULT_TARGETS):
         plan.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.concurrency:
         plan.concurrency = [int(c) for c in args.concurrency.split(",")]

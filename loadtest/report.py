@@ -12,7 +12,7 @@ from typing import Any
 
 PLOT = "benchmarks-throughput-p99.png"
 _NAMES = {
-    "service": "cxr service (dynamic batching)",
+    "service": "cxr service (defaults)",
     "service-b1": "cxr service (max batch 1)",
     "naive": "naive FastAPI baseline",
     "naive-service-decoder": "naive FastAPI + the service's decoder",
@@ -243,7 +243,9 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         f"- Model: {model['name']} v{model['version']} (sha256 {model['sha256'][:16]}...), input {model['input']['shape']}",
         f"- Images: {results['images']['count']} files ({', '.join(results['images']['formats'])}), sizes "
         f"{', '.join(results['images']['sizes'])}, mean {results['images']['bytes_mean'] / 1e6:.2f} MB; sent round-robin",
-        f"- Service settings (the defaults): max batch {settings['max_batch_size']}, max queue delay "
+        f"- Service settings (the defaults): max batch {settings['max_batch_size']}"
+        + (f", batch policy {settings['batch_policy']}" if "batch_policy" in settings else "")
+        + f", max queue delay "
         f"{settings['max_queue_delay_ms']:g} ms, queue capacity {settings['queue_capacity']}, deadline "
         f"{settings['request_timeout_s']:g} s, {settings['intra_op_threads']} intra-op thread, "
         f"{settings['decode_workers']} decode worker(s); log level info"
@@ -252,6 +254,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
             for name in ("malloc_retain_mib",)
             if name in settings  # results.json files from before these settings lack them
         ),
+        *_batching_line(results.get("batching") or {}),
         f"- Load: closed loop at {results['settings']['concurrency']} clients, open loop at "
         f"{results['settings']['open_fractions_of_service_peak']} x the service's closed-loop peak (fixed arrival "
         f"times; latency from the scheduled time); {results['settings']['warmup_s']:g} s warm-up, "
@@ -318,7 +321,8 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "",
         "## Targets",
         "",
-        "- cxr service: `cxr serve` (uvicorn, one process) with the settings above; max batch 1 for the unbatched row.",
+        "- cxr service: `cxr serve` (uvicorn, one process) with the settings above (and max batch 1 for the "
+        "`service-b1` target, when a run names it).",
         "- naive baseline: loadtest/naive_app.py, a synchronous FastAPI route that decodes the whole image with "
         "Pillow, applies the model's preprocessing (OnnxModel.prepare) and calls `session.run` per request on a "
         "default ONNX Runtime session (no batching, no queue bound).",
@@ -332,6 +336,18 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
     path = out_dir / "benchmarks.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _batching_line(batching: dict[str, Any]) -> list[str]:
+    """What the service's batch policy chose at warm-up, from the figures it measured."""
+    if not batching:
+        return []
+    figures = ", ".join(f"{size}: {rate:g}" for size, rate in batching["warmup_images_per_s"].items())
+    return [
+        f"- Batch policy chosen by the service at warm-up: {batching['policy']}, batches up to "
+        f"{batching['max_batch_size']} of at most {batching['configured_max_batch_size']} "
+        f"({batching['reason']}); warm-up images/s by batch size: {figures or 'not timed'}"
+    ]
 
 
 def _cpu_section(runs: list[dict[str, Any]], cores: int) -> list[str]:

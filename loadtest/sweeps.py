@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import psutil
 
 from loadtest import targets
@@ -192,14 +193,16 @@ def _command(
 
 def measure_targets(
     plan: Plan, paired: Callable[[], float] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every target's sweeps (service first) and the service's overload checks. After each closed-loop
-    sweep, the best level is measured `plan.pairs` more times; for the service each of those has a call of
-    `paired` (a round of the in-process limit, returning its images/s) right before or after it, so that
-    each service measurement has a limit measured next to it in time."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Every target's sweeps (service first), the service's overload checks and the batch policy it
+    chose at warm-up (its `/v1/models` entry's `batching`). After each closed-loop sweep, the best level is
+    measured `plan.pairs` more times; for the service each of those has a call of `paired` (a round of the
+    in-process limit, returning its images/s) right before or after it, so that each service measurement
+    has a limit measured next to it in time."""
     order = sorted(plan.targets, key=lambda name: name != "service")
     runs: list[Summary] = []
     checks: dict[str, Any] = {}
+    batching: dict[str, Any] = {}
     rates: list[float] = []
     logs = plan.log_dir
     for name in order:
@@ -210,6 +213,8 @@ def measure_targets(
         ) as running:
             generator = _generator(plan, running.url + path, full=name.startswith("service"))
             server = running if name.startswith("service") else None
+            if name == "service":
+                batching = _batching(running.url)
             closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[], server=server)
             # Every target's best level runs `plan.pairs` more times and its peak is the best of them, as
             # the in-process limit is the best of its rounds: one 8 s window on a shared machine varies by
@@ -233,7 +238,14 @@ def measure_targets(
                 checks = overload(plan, running, generator, peak)
     if "service" in order:
         runs += variants(plan, int(peak.level))
-    return [summary.as_dict() for summary in runs], checks
+    return [summary.as_dict() for summary in runs], checks, batching
+
+
+def _batching(url: str) -> dict[str, Any]:
+    """The default model's batch policy as the running service reports it."""
+    listing = httpx.get(url + "/v1/models", timeout=30).json()
+    entry = next(model for model in listing["models"] if model["default"])
+    return {**entry["batching"], "batch_sizes": entry["batch_sizes"]}
 
 
 def variants(plan: Plan, clients: int) -> list[Summary]:

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import classify, docs, problems, v2, web
 from service.auth import require_api_key
+from service.batch_policy import BatchPolicy
 from service.classify import runtime_of
 from service.errors import ModelNotReady
 from service.metrics import Metrics
@@ -103,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/models",
-        summary="Models served, with metadata and providers in use",
+        summary="Models served, with metadata, providers in use and the batch policy chosen at warm-up",
         dependencies=[Depends(require_api_key)],
         responses=problem_responses(401),
     )
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "default": runtime.repository.default_name,
             "ready": runtime.ready,
             "models": [
-                {**info, "batch_sizes": served.batcher.sizes}
+                {**info, "batch_sizes": served.batcher.sizes, "batching": _batching(served.batcher.policy)}
                 for info, served in zip(runtime.repository.describe(), runtime.repository.all(), strict=True)
             ],
             "notice": NOTICE,
@@ -124,6 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _batching(policy: BatchPolicy | None) -> dict[str, Any] | None:
+    """The batch policy and the warm-up figures it came from; None while the model is warming up."""
+    return None if policy is None else policy.describe()
 
 
 def begin_drain(app: FastAPI) -> None:

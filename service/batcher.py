@@ -1,16 +1,23 @@
 """Concurrent single-image requests -> batches for one ONNX Runtime session (Triton's dynamic batcher).
 
-A bounded queue feeds one background task per model. The task takes the oldest request, waits until
-`max_delay_s` after *that request was queued* (monotonic clock) for more, up to `max_batch_size`, drops
-requests that expired or whose client went away, pads the batch to one of a few fixed sizes (all warmed
-before readiness, so ONNX Runtime's arena never meets a new shape) and runs it on the session's own
-single worker thread. A full queue is refused at once; nobody waits on a queue that cannot move.
+A bounded queue feeds one background task per model. The task takes the oldest request and everything
+queued behind it, up to `max_batch_size`; drops requests that expired or whose client went away; pads the
+batch to one of a few fixed sizes (all warmed before readiness, so ONNX Runtime's arena never meets a new
+shape) and runs it on the session's own single worker thread. A full queue is refused at once; nobody
+waits on a queue that cannot move.
+
+Waiting for a batch to fill happens only where it can pay: never when the maximum is 1, and never for a
+request that arrived while the worker was idle (it runs at once: no other request was in sight). A
+request that arrived while a batch was running is a sign of load; its batch may wait until `max_delay_s`
+after that request was queued (monotonic clock) for more. `warm()` times the batch sizes and, with the
+`auto` policy, lowers `max_batch_size` to the largest size that raises images/s (service.batch_policy).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from service.batch_policy import BatchPolicy, Mode, choose_max_batch_size, measure
 from service.errors import DeadlineExceeded, ModelNotReady, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,7 @@ class _Pending:
     future: asyncio.Future[BatchResult]
     queued_at: float
     deadline: float
+    under_load: bool  # a batch was running when it arrived
 
 
 def batch_sizes(max_batch_size: int) -> list[int]:
@@ -83,6 +92,9 @@ class Batcher:
         self.sizes = batch_sizes(max_batch_size)
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
+        self.configured_max = max_batch_size
+        self.policy: BatchPolicy | None = None  # until warm() has measured
+        self._running = False
         self._model = model
         self._overloaded = overloaded
         self._observer = observer
@@ -101,12 +113,27 @@ class Batcher:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
-    async def warm(self, tensor_shape: tuple[int, ...]) -> None:
-        """Run every padded batch size once, on the worker thread, before the model is declared ready."""
+    async def warm(self, tensor_shape: tuple[int, ...], *, mode: Mode = "fixed") -> BatchPolicy:
+        """Run and time the padded batch sizes on the worker thread, before the model is declared ready
+        (and before `start()`); with `mode="auto"`, batch only up to the largest size that pays."""
         loop = asyncio.get_running_loop()
-        for size in self.sizes:
-            zeros = np.zeros((size, *tensor_shape), dtype=np.float32)
+        configured = self.configured_max
+        if configured == 1:  # nothing to choose between: one untimed run warms the only shape
+            zeros = np.zeros((1, *tensor_shape), dtype=np.float32)
             await loop.run_in_executor(self._worker, self._model.run, zeros)
+            self.policy = BatchPolicy(mode, 1, 1)
+            return self.policy
+        table = await loop.run_in_executor(
+            self._worker,
+            functools.partial(
+                measure, self._model.run, tensor_shape, batch_sizes(configured), stop_early=mode == "auto"
+            ),
+        )
+        chosen = choose_max_batch_size(table) if mode == "auto" else configured
+        self.policy = BatchPolicy(mode, configured, chosen, table)
+        self.max_batch_size = chosen
+        self.sizes = batch_sizes(chosen)
+        return self.policy
 
     async def submit(self, tensor: np.ndarray, *, deadline: float) -> BatchResult:
         """Queue one preprocessed image; raises Overloaded at once when the queue is full.
@@ -121,7 +148,7 @@ class Batcher:
             raise DeadlineExceeded("The request deadline passed before the image was queued.")
         future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(tensor, future, now, deadline))
+            self._queue.put_nowait(_Pending(tensor, future, now, deadline, self._running))
         except asyncio.QueueFull:
             if self._observer:
                 self._observer.dropped("overloaded", 1)
@@ -131,7 +158,8 @@ class Batcher:
     async def _collect(self, batch: list[_Pending]) -> None:
         """Fill `batch` (owned by the caller, so a cancellation never loses a dequeued request)."""
         batch.append(await self._queue.get())
-        until = batch[0].queued_at + self.max_delay_s
+        # Idle worker: the oldest request runs at once with whatever is already queued behind it.
+        until = batch[0].queued_at + (self.max_delay_s if batch[0].under_load else 0.0)
         while len(batch) < self.max_batch_size:
             # No race with submit(): both run on the event loop thread, and get_nowait/wait_for(get)
             # never lose an item (a cancelled get leaves the item in the queue).
@@ -173,6 +201,7 @@ class Batcher:
             pad = np.zeros((size - len(live), *tensors.shape[1:]), dtype=tensors.dtype)
             tensors = np.concatenate([tensors, pad])
         started = time.monotonic()
+        self._running = True  # reset by _loop once the batch's results are out
         probabilities, cams = await asyncio.get_running_loop().run_in_executor(
             self._worker, self._model.run, tensors
         )
@@ -207,6 +236,7 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(error)
             finally:
+                self._running = False
                 # Cancelled (aclose) in the middle of a batch: nobody in it may hang.
                 for item in batch:
                     if not item.future.done():

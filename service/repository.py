@@ -111,11 +111,20 @@ class ModelRepository:
             served.batcher.start()
 
     async def warm(self) -> None:
-        """Run every padded batch shape of every model once; only then is the service ready."""
+        """Run and time every padded batch shape of every model, choosing each one's batch policy; only
+        then is the service ready."""
         for served in self.all():
             size = served.model.input_size
-            await served.batcher.warm((size, size, 1))
-            logger.info("warmed %s at batch sizes %s", served.key, served.batcher.sizes)
+            policy = await served.batcher.warm((size, size, 1), mode=self.settings.batch_policy)
+            figures = ", ".join(f"{batch}: {rate:.1f}" for batch, rate in policy.images_per_s.items())
+            logger.info(
+                "warmed %s: batch policy %s, batches up to %d: %s; warm-up images/s by batch size {%s}",
+                served.key,
+                policy.mode,
+                policy.max_batch_size,
+                policy.reason,
+                figures,
+            )
 
     async def aclose(self, timeout: float) -> None:
         """Drain every batcher in parallel within `timeout` seconds."""

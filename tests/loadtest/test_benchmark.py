@@ -62,7 +62,14 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     (variant,) = [r for r in runs if r["mode"] == "variant"]
     assert variant["ok"] > 0 and variant["paired_defaults"] > 0
     assert "| --log-level warning |" in document and "defaults next to it" in document
-    assert "## GPU" in document and "| cxr service (dynamic batching) | 1 |" in document
+    assert "## GPU" in document and "| cxr service (defaults) | 1 |" in document
+    # The batch policy the service chose at warm-up is recorded and stated.
+    batching = results["batching"]
+    assert batching["policy"] == "auto" and batching["batch_sizes"][-1] == batching["max_batch_size"]
+    assert (
+        f"Batch policy chosen by the service at warm-up: auto, batches up to {batching['max_batch_size']}"
+        in document
+    )
     assert (tmp_path / "benchmarks-throughput-p99.png").read_bytes().startswith(b"\x89PNG")
 
 

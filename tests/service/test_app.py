@@ -21,6 +21,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from service.app import create_app
+from service.batch_policy import choose_max_batch_size
+from service.batcher import batch_sizes
 from service.model import ModelIntegrityError
 from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
 from tests.service.conftest import PNG_HEADERS, Gate, metric, png, serve, settings_for, wait_until
@@ -122,7 +124,8 @@ async def test_bright_blob_raises_covid_and_heatmap_peaks_on_it(model_dir: Path)
 
 async def test_concurrent_requests_batch_and_match_single_image_results(model_dir: Path, gate: Gate) -> None:
     images = [png(centre=(0.3 + 0.1 * i, 0.5), seed=i) for i in range(5)]
-    async with serve(settings_for(model_dir, max_batch_size=8, max_queue_delay_ms=20)) as client:
+    settings = settings_for(model_dir, max_batch_size=8, max_queue_delay_ms=20, batch_policy="fixed")
+    async with serve(settings) as client:
         gate.close()
         first = asyncio.ensure_future(client.post("/v1/classify", content=images[0], headers=PNG_HEADERS))
         await wait_until(lambda: gate.waiting == 1)
@@ -162,6 +165,37 @@ async def test_concurrent_requests_batch_and_match_single_image_results(model_di
     assert metric(text, "cxr_queue_seconds_count", model="tiny/1") == 9
     assert metric(text, "cxr_inference_seconds_count", model="tiny/1") == 6
     assert metric(text, "cxr_http_request_duration_seconds_count", route="/v1/classify") == 9
+
+
+async def test_results_are_identical_whatever_the_batch_policy(model_dir: Path, gate: Gate) -> None:
+    images = [png(centre=(0.3 + 0.1 * i, 0.5), seed=i) for i in range(5)]
+    policies: dict[str, dict[str, Any]] = {
+        "auto": {"max_batch_size": 8},
+        "fixed 8": {"max_batch_size": 8, "batch_policy": "fixed"},
+        "fixed 1": {"max_batch_size": 1, "batch_policy": "fixed"},
+    }
+    answers: dict[str, list[dict[str, Any]]] = {}
+    for name, overrides in policies.items():
+        async with serve(settings_for(model_dir, **overrides)) as client:
+            gate.close()  # the first image holds the worker while the other four queue behind it
+            first = asyncio.ensure_future(client.post("/v1/classify", content=images[0], headers=PNG_HEADERS))
+            await wait_until(lambda: gate.waiting == 1)
+            rest = [
+                asyncio.ensure_future(client.post("/v1/classify", content=i, headers=PNG_HEADERS))
+                for i in images[1:]
+            ]
+            deadline = time.monotonic() + 10
+            while metric((await client.get("/metrics")).text, "cxr_queue_depth", model="tiny/1") < 4:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.005)
+            gate.open()
+            answers[name] = [r.json()["results"][0] for r in await asyncio.gather(first, *rest)]
+    assert [r["batch_size"] for r in answers["fixed 8"]] == [1, 4, 4, 4, 4]
+    assert [r["batch_size"] for r in answers["fixed 1"]] == [1, 1, 1, 1, 1]
+    for name in ("auto", "fixed 1"):
+        for result, reference in zip(answers[name], answers["fixed 8"], strict=True):
+            assert result["probabilities"] == reference["probabilities"], name  # identical, not just close
+            assert result["label"] == reference["label"]
 
 
 async def test_undecodable_and_empty_images_are_400(model_dir: Path) -> None:
@@ -277,9 +311,11 @@ async def test_api_key_gate(model_dir: Path) -> None:
 
 async def test_readyz_is_503_until_warm_up_completes(model_dir: Path, gate: Gate) -> None:
     gate.close()
-    async with serve(settings_for(model_dir, max_batch_size=4), wait_ready=False) as client:
+    settings = settings_for(model_dir, max_batch_size=4, batch_policy="fixed")
+    async with serve(settings, wait_ready=False) as client:
         await wait_until(lambda: gate.waiting == 1)
         not_ready = await client.get("/readyz")
+        warming = (await client.get("/v1/models")).json()["models"][0]
         alive = await client.get("/healthz")
         early = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
         gate.open()
@@ -289,11 +325,12 @@ async def test_readyz_is_503_until_warm_up_completes(model_dir: Path, gate: Gate
             await asyncio.sleep(0.005)
         late = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
     assert "warming up" in assert_problem(not_ready, 503)["detail"]
+    assert warming["batching"] is None  # nothing measured yet
     assert alive.status_code == 200
     assert_problem(early, 503)
     assert early.headers["retry-after"] == "1"
     assert ready.json()["models"] == {"tiny/1": ["CPUExecutionProvider"]}
-    assert gate.sizes[:3] == [1, 2, 4]  # every padded batch shape ran before readiness
+    assert list(dict.fromkeys(gate.sizes)) == [1, 2, 4]  # every padded batch shape ran before readiness
     assert late.status_code == 200
 
 
@@ -463,7 +500,7 @@ async def test_models_listing_versions_and_docs(model_dir: Path) -> None:
     make_tiny_model(model_dir, "tiny", "2", threshold=0.9)
     make_tiny_model(model_dir, "other", "1")
     (model_dir / "default.json").write_text(json.dumps({"model": "tiny"}))
-    async with serve(settings_for(model_dir)) as client:
+    async with serve(settings_for(model_dir, batch_policy="fixed")) as client:
         listing = (await client.get("/v1/models")).json()
         newest = (await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)).json()["results"][0]
         pinned = await client.post("/v1/classify?model=tiny&version=1", content=png(), headers=PNG_HEADERS)
@@ -483,6 +520,28 @@ async def test_models_listing_versions_and_docs(model_dir: Path) -> None:
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     body_types = openapi["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"image/png", "image/jpeg", "application/dicom", "multipart/form-data"} <= set(body_types)
+
+
+async def test_models_listing_shows_the_batch_policy_chosen_at_warm_up(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.repository")
+    async with serve(settings_for(model_dir, max_batch_size=8)) as client:  # the default policy: auto
+        (auto,) = (await client.get("/v1/models")).json()["models"]
+    async with serve(settings_for(model_dir, max_batch_size=4, batch_policy="fixed")) as client:
+        (fixed,) = (await client.get("/v1/models")).json()["models"]
+    batching = auto["batching"]
+    figures = {int(size): rate for size, rate in batching["warmup_images_per_s"].items()}
+    assert batching["policy"] == "auto" and batching["configured_max_batch_size"] == 8
+    # Whatever this machine measured, the listing shows the figures and the size the rule takes from them.
+    assert 1 in figures and all(rate > 0 for rate in figures.values())
+    assert batching["max_batch_size"] == choose_max_batch_size(figures, batching["margin"])
+    assert auto["batch_sizes"] == batch_sizes(batching["max_batch_size"])
+    assert batching["reason"]
+    assert f"batch policy auto, batches up to {batching['max_batch_size']}" in caplog.text
+    assert fixed["batching"]["policy"] == "fixed" and fixed["batching"]["max_batch_size"] == 4
+    assert sorted(int(size) for size in fixed["batching"]["warmup_images_per_s"]) == [1, 2, 4]
+    assert fixed["batch_sizes"] == [1, 2, 4]
 
 
 async def test_logs_hold_no_identifiers_or_pixels(model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:

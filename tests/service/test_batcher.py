@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from service.batch_policy import choose_max_batch_size
 from service.batcher import Batcher, batch_sizes
 from service.errors import DeadlineExceeded, ModelNotReady, Overloaded, TooManyRequests
 
@@ -64,8 +65,37 @@ def test_batch_sizes_are_powers_of_two_and_the_maximum() -> None:
 async def test_warm_runs_every_padded_size() -> None:
     model = HeldModel()
     batcher = Batcher(model, name="m", max_batch_size=6, max_delay_s=0.0, capacity=4)
-    await batcher.warm((4, 4, 1))
-    assert model.batches == [1, 2, 4, 6]
+    policy = await batcher.warm((4, 4, 1))
+    assert list(dict.fromkeys(model.batches)) == [1, 2, 4, 6]  # every size, each first run untimed
+    assert (
+        policy.mode == "fixed" and policy.max_batch_size == 6 and sorted(policy.images_per_s) == [1, 2, 4, 6]
+    )
+    assert batcher.sizes == [1, 2, 4, 6] and batcher.max_batch_size == 6
+    await batcher.aclose(1)
+
+
+async def test_auto_policy_batches_only_as_far_as_the_measurement_says() -> None:
+    model = HeldModel()
+    batcher = Batcher(model, name="m", max_batch_size=8, max_delay_s=0.0, capacity=16)
+    policy = await batcher.warm((4, 4, 1), mode="auto")
+    # Whatever this machine measured, the batcher follows the rule on it and never exceeds the maximum.
+    assert policy.mode == "auto" and policy.configured_max == 8
+    assert policy.max_batch_size == choose_max_batch_size(policy.images_per_s) <= 8
+    assert batcher.max_batch_size == policy.max_batch_size
+    assert batcher.sizes == batch_sizes(policy.max_batch_size)
+    assert max(model.batches) == max(policy.images_per_s)  # sizes above the first that did not pay never ran
+    batcher.start()
+    model.batches.clear()
+    results = await asyncio.gather(*(batcher.submit(tensor(0.1 * v), deadline=far()) for v in range(10)))
+    assert max(model.batches) <= policy.max_batch_size and len(results) == 10
+    await batcher.aclose(1)
+
+
+async def test_a_single_size_is_warmed_once_and_not_timed() -> None:
+    model = HeldModel()
+    batcher = Batcher(model, name="m", max_batch_size=1, max_delay_s=0.0, capacity=4)
+    policy = await batcher.warm((4, 4, 1), mode="auto")
+    assert model.batches == [1] and policy.max_batch_size == 1 and policy.images_per_s == {}
     await batcher.aclose(1)
 
 
@@ -83,19 +113,69 @@ async def test_concurrent_requests_form_one_padded_batch_with_unbatched_results(
     await batcher.aclose(1)
 
 
+async def test_a_request_at_an_idle_worker_runs_at_once() -> None:
+    model = HeldModel()
+    # A delay no test could sit out: had the batcher waited for company, this would hang.
+    batcher = Batcher(model, name="m", max_batch_size=8, max_delay_s=3600.0, capacity=16)
+    batcher.start()
+    result = await asyncio.wait_for(batcher.submit(tensor(0.1), deadline=far()), 30)
+    assert result.batch_size == 1 and model.batches == [1]
+    await batcher.aclose(1)
+
+
+async def test_no_wait_for_a_batch_when_the_maximum_is_1() -> None:
+    model = HeldModel()
+    batcher = Batcher(model, name="m", max_batch_size=1, max_delay_s=3600.0, capacity=16)
+    batcher.start()
+    model.release.clear()
+    first = asyncio.ensure_future(batcher.submit(tensor(0.1), deadline=far()))
+    await until(model.started.is_set)
+    queued = asyncio.ensure_future(batcher.submit(tensor(0.2), deadline=far()))  # arrives under load
+    await until(lambda: batcher.depth == 1)
+    model.release.set()
+    await asyncio.wait_for(asyncio.gather(first, queued), 30)
+    assert model.batches == [1, 1]
+    await batcher.aclose(1)
+
+
+async def test_under_load_a_batch_waits_to_fill_counting_from_its_oldest_request() -> None:
+    model = HeldModel()
+    batcher = Batcher(model, name="m", max_batch_size=4, max_delay_s=3600.0, capacity=16)
+    batcher.start()
+    model.release.clear()
+    running = asyncio.ensure_future(batcher.submit(tensor(0.1), deadline=far()))  # idle worker: at once
+    await until(model.started.is_set)
+    early = [asyncio.ensure_future(batcher.submit(tensor(0.2), deadline=far())) for _ in range(2)]
+    await until(lambda: batcher.depth == 2)
+    model.release.set()
+    await running
+    # The two that arrived under load are taken and held for more (the delay has not run out)...
+    await until(lambda: batcher.depth == 0)
+    assert model.batches == [1]
+    # ...until two more fill the batch to its maximum.
+    late = [asyncio.ensure_future(batcher.submit(tensor(0.3), deadline=far())) for _ in range(2)]
+    results = await asyncio.wait_for(asyncio.gather(*early, *late), 30)
+    assert model.batches == [1, 4] and {r.batch_size for r in results} == {4}
+    await batcher.aclose(1)
+
+
 async def test_max_delay_counts_from_the_oldest_request() -> None:
     model = HeldModel()
     batcher = Batcher(model, name="m", max_batch_size=8, max_delay_s=0.2, capacity=16)
     batcher.start()
-    started = time.monotonic()
-    first = asyncio.ensure_future(batcher.submit(tensor(0.1), deadline=far()))
-    await asyncio.sleep(0.15)
+    model.release.clear()
+    running = asyncio.ensure_future(batcher.submit(tensor(0.0), deadline=far()))
+    await until(model.started.is_set)
+    queued_at = time.monotonic()
+    first = asyncio.ensure_future(batcher.submit(tensor(0.1), deadline=far()))  # arrives under load
+    model.release.set()
+    await running
+    await until(lambda: batcher.depth == 0)  # taken, waiting for company
     second = asyncio.ensure_future(batcher.submit(tensor(0.2), deadline=far()))
     await asyncio.gather(first, second)
-    elapsed = time.monotonic() - started
-    # One batch, run ~0.2 s after the *first* request (not 0.2 s after the second, which would be 0.35 s).
-    assert model.batches == [2]
-    assert 0.18 <= elapsed < 0.33
+    # One batch, run once 0.2 s had passed since the *first* request was queued, not the second.
+    assert model.batches == [1, 2]
+    assert time.monotonic() - queued_at >= 0.2
     await batcher.aclose(1)
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.batch_policy import choose_max_batch_size
+from service.batcher import batch_sizes
 from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
 from tests.serverproc import Server, start_server, wait_bound
 from tests.service.conftest import PNG_HEADERS, metric, png
@@ -44,6 +46,23 @@ def servers() -> Iterator[list[Server]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait(10)
+
+
+async def test_cxr_serve_lists_the_batch_policy_it_chose_at_warm_up(
+    model_dir: Path, tmp_path: Path, servers: list[Server]
+) -> None:
+    server = start_server(model_dir, tmp_path / "server.log", "--max-batch-size", "4")  # --batch-policy auto
+    servers.append(server)
+    wait_bound(server)
+    async with httpx.AsyncClient(base_url=server.url, timeout=20) as client:
+        await wait_ready(client)
+        (entry,) = (await client.get("/v1/models")).json()["models"]
+    batching = entry["batching"]
+    figures = {int(size): rate for size, rate in batching["warmup_images_per_s"].items()}
+    assert batching["policy"] == "auto" and batching["configured_max_batch_size"] == 4
+    assert batching["max_batch_size"] == choose_max_batch_size(figures, batching["margin"])
+    assert entry["batch_sizes"] == batch_sizes(batching["max_batch_size"])
+    assert f"warmed tiny/1: batch policy auto, batches up to {batching['max_batch_size']}:" in server.output()
 
 
 async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(

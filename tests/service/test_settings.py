@@ -40,9 +40,19 @@ def test_flags_override_the_environment(model_dir: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("CXR_MAX_BATCH_SIZE", "4")
     monkeypatch.setenv("CXR_QUEUE_CAPACITY", "7")
     settings = from_cli(
-        parse("--model-dir", str(model_dir), "--max-batch-size", "16", "--overload-status", "429")
+        parse(
+            "--model-dir",
+            str(model_dir),
+            "--max-batch-size",
+            "16",
+            "--overload-status",
+            "429",
+            "--batch-policy",
+            "fixed",
+        )
     )
     assert settings.max_batch_size == 16  # flag beats env
+    assert settings.batch_policy == "fixed" and Settings().batch_policy == "auto"
     assert settings.queue_capacity == 7  # env beats default when no flag is given
     assert settings.overload_status == 429
 
@@ -55,6 +65,8 @@ def test_every_field_has_a_flag() -> None:
     assert listed == {name.replace("_", "-") for name in Settings.model_fields}
     with pytest.raises(SystemExit):
         parse("--overload-status", "500")
+    with pytest.raises(SystemExit):
+        parse("--batch-policy", "sometimes")
 
 
 @pytest.mark.parametrize(
