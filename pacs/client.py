@@ -106,6 +106,8 @@ def raise_for_status(response: httpx.Response, what: str, *, not_found: str = "i
         raise Transient(message, retry_after_s=_retry_after(response))
     if response.status_code in (401, 403, 404, 407):
         raise Permanent(message, kind="config" if response.status_code != 404 else not_found)
+    if problem_type.endswith("/not-a-chest-radiograph"):  # the service's input-domain check
+        raise Permanent(f"not analysed: {detail or 'not a frontal chest radiograph'}", kind="out-of-domain")
     kind = "unsupported" if problem_type.endswith("#unsupported-dicom") else "invalid"
     raise Permanent(message, kind=kind)
 

@@ -47,6 +47,16 @@ def _predict_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=["table", "jsonl"], default="table")
     parser.add_argument("--heatmap", metavar="DIR", help="write CAM overlay PNGs into DIR")
+    parser.add_argument(
+        "--domain-policy",
+        choices=["refuse", "flag"],
+        default="refuse",
+        help="an image that is not a frontal chest radiograph: refuse it (default) or classify and flag it",
+    )
+    parser.epilog = (
+        "exit status: 0 every file was read (classified, or refused as not a frontal chest radiograph); "
+        "1 at least one file could not be read or decoded; 2 the model could not be loaded."
+    )
 
 
 @command("predict", "classify image files without a server", _predict_flags)
@@ -78,6 +88,57 @@ def _segmenter_flags(parser: argparse.ArgumentParser) -> None:
 @command("train-lungseg", "train the small lung segmenter used for lung cropping", _segmenter_flags)
 def _train_segmenter() -> Handler:
     from export.lungseg import main
+
+    return main
+
+
+def _view_flags(parser: argparse.ArgumentParser) -> None:
+    from export.viewmodel import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "train-view",
+    "train the input-domain check's view model (orientation, polarity, not-a-radiograph) and its thresholds",
+    _view_flags,
+)
+def _train_view() -> Handler:
+    from export.viewmodel import main
+
+    return main
+
+
+def _calibrate_flags(parser: argparse.ArgumentParser) -> None:
+    from export.calibrate import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "calibrate",
+    "fit temperature (or Platt) scaling on validation into model.onnx and re-derive the threshold",
+    _calibrate_flags,
+)
+def _calibrate() -> Handler:
+    from export.calibrate import main
+
+    return main
+
+
+def _domain_flags(parser: argparse.ArgumentParser) -> None:
+    from export.domaineval import add_flags
+
+    add_flags(parser)
+
+
+@command(
+    "evaluate-domain",
+    "measure the input-domain check on real films, turned/inverted films and held-out non-radiographs",
+    _domain_flags,
+)
+def _evaluate_domain() -> Handler:
+    from export.domaineval import main
 
     return main
 

@@ -61,6 +61,7 @@ class DecodedImage:
     original_height: int
     original_width: int
     flags: dict[str, str] = field(default_factory=dict)  # e.g. {"view": "LATERAL"} from DICOM tags
+    colour_fraction: float = 0.0  # share of pixels whose channels differ by >= COLOUR_LEVELS (0 for gray)
 
 
 def sniff_format(data: bytes) -> ImageFormat | None:
@@ -133,6 +134,28 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             break
         pos += 2 + length
     raise InvalidImage("JPEG file has no frame header (truncated or corrupt).")
+
+
+def _jpeg_components(data: bytes) -> int:
+    """Number of colour components in the JPEG frame header (1 gray, 3 YCbCr/RGB, 4 CMYK); 0 if unread."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return 0
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF:
+            return data[pos + 9] if pos + 9 < len(data) else 0
+        if marker == 0xDA:
+            return 0
+        pos += 2 + length
+    return 0
 
 
 def _file_meta(data: bytes) -> tuple[str | None, int]:
@@ -241,6 +264,23 @@ def _jpeg_reduced_flag(width: int, height: int) -> int:
     return cv2.IMREAD_GRAYSCALE
 
 
+COLOUR_LEVELS = 24
+"""A pixel counts as coloured when its channels differ by this many 8-bit levels (JPEG chroma noise on a
+gray image stays well below it)."""
+
+
+def colour_fraction(pixels: np.ndarray) -> float:
+    """Share of coloured pixels in a decoded BGR(A) image, measured on a grid of at most ~64k pixels."""
+    if pixels.ndim != 3 or pixels.shape[2] < 3:
+        return 0.0
+    step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / 65536)))
+    sample = pixels[::step, ::step, :3]
+    if sample.dtype != np.uint8:
+        sample = (sample >> 8).astype(np.uint8) if sample.dtype == np.uint16 else sample.astype(np.uint8)
+    spread = sample.max(axis=2).astype(np.int16) - sample.min(axis=2).astype(np.int16)
+    return float(np.mean(spread >= COLOUR_LEVELS))
+
+
 def _to_gray8(pixels: np.ndarray) -> np.ndarray:
     """Any decoded PNG (8/16-bit, gray/RGB/RGBA/gray+alpha) -> 8-bit gray, as the dataset README describes."""
     if pixels.dtype != np.uint8:
@@ -290,8 +330,14 @@ def decode(
         pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.size == 0:
         raise InvalidImage(f"The {sniffed.upper()} data could not be decoded (truncated or corrupt).")
+    if sniffed == "jpeg" and pixels.ndim == 2 and _jpeg_components(data) >= 3:
+        # The reduced grayscale decode drops chroma; a colour JPEG is rare and small enough to look at.
+        colour = cv2.imdecode(buffer, cv2.IMREAD_REDUCED_COLOR_8)
+        coloured = colour_fraction(colour) if colour is not None else 0.0
+    else:
+        coloured = colour_fraction(pixels)
     pixels = _to_gray8(pixels)
-    return DecodedImage(to_training_scale(pixels), sniffed, height, width)
+    return DecodedImage(to_training_scale(pixels), sniffed, height, width, colour_fraction=coloured)
 
 
 def _is_parser_failure(error: BaseException) -> bool:

@@ -29,8 +29,10 @@ def problem(
     request_id: str | None,
     type_uri: str = "about:blank",
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": type_uri,
         "title": title,
         "status": status,
@@ -57,6 +59,7 @@ async def _cxr_error(request: Request, exc: Exception) -> JSONResponse:
         request_id=_request_id(request),
         type_uri=exc.type_uri,
         headers=exc.headers,
+        extensions=exc.extensions,
     )
 
 
