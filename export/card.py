@@ -240,10 +240,14 @@ def _domain_lines(card: dict[str, Any]) -> list[str]:
         f"the view model `{domain['file']}` (sha256 `{card['files'].get(domain['file'], '?')}`, a small CNN on the",
         f"border-trimmed image at {domain['input_size']} px: upright / turned 90, 180, 270 / inverted / not a chest",
         f"radiograph, p(not) > {thresholds['max_not_radiograph']} refuses), the Mahalanobis distance of its features",
-        f"to the training films (> {thresholds['max_distance']} refuses), and the lung segmenter's mask (two fields,",
-        f"each >= {_pct(thresholds['min_lung_area'])} of the image, side by side). A film the view model finds turned",
-        f"or inverted with p >= {thresholds['correct_min']} is turned back / inverted (exact, lossless) and classified,",
-        "flagged `corrected`; anything else that fails is refused (HTTP 422 `not-a-chest-radiograph`).",
+        f"to the training films (> {thresholds['max_distance']} refuses), and the lung segmenter's mask (a lung field of",
+        f"at least {_pct(thresholds['min_lung_area'])} of the image; a second one, if as large, beside it: one whited-out",
+        "hemithorax is a real film). A film the view model finds turned or inverted with p >="
+        f" {thresholds['correct_min']} is turned back / inverted (exact, lossless), must then look upright with the same",
+        "confidence, and is classified, flagged `corrected`; anything else that fails is refused (HTTP 422",
+        "`not-a-chest-radiograph`). Corrected rather than refused because the correction is exact and checked, and",
+        "a film loaded the wrong way round (or a MONOCHROME1 film shown uninverted) is still a chest film that a",
+        "user wants read; the flag says what was done.",
         "",
         "Fitted on: the training split's own films, turned and inverted (labels for free), and rendered",
         "non-radiographs: "
@@ -309,10 +313,17 @@ def _domain_lines(card: dict[str, Any]) -> list[str]:
     if cost:
         lines += [
             "",
-            f"Cost: {cost['check_ms']} ms per image for the check (view model and colour share; the lung test"
-            f" reuses the segmenter's mask) against {cost['whole_path_ms']} ms for decode + preprocessing +"
-            f" batch-1 inference of the same PNGs, single thread: {_pct(cost['check_share'])}.",
+            f"Cost (CPU time, one thread): {cost['check_ms']} ms per image for the check (view model on the image and its"
+            " mirror image, colour share; the lung test reuses the segmenter's mask) against"
+            f" {cost['whole_path_ms']} ms for decode + preprocessing + batch-1 inference of the same test-split PNGs:"
+            f" {_pct(cost['check_share'])}.",
         ]
+        if cost.get("colour_jpegs"):
+            lines[-1] += (
+                f" A colour-encoded JPEG film also pays {cost['colour_jpeg_decode_extra_ms']} ms for a colour decode"
+                f" instead of a grayscale one ({cost['colour_jpegs']} `fullres/` JPEGs, whole path"
+                f" {cost['colour_jpeg_whole_path_ms']} ms): {_pct(cost['colour_jpeg_check_share'])} with the view model."
+            )
     return [*lines, ""]
 
 
