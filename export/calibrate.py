@@ -185,6 +185,12 @@ def calibrate(model_dir: Path, manifest: Path, min_sensitivity: float) -> dict[s
             "calibrated": expected_calibration_error(truth, scores),
         },
         "threshold_before": previous,
+        # From the card's last test evaluation of the uncalibrated model; nothing here reads the test split.
+        "test_ece_before": (
+            card["calibration"]["test_ece_before"]
+            if "calibration" in card
+            else card.get("evaluation", {}).get("test", {}).get("overall", {}).get("ece")
+        ),
         "command": f"cxr calibrate --manifest {manifest} --model {model_dir}",
     }
     card_path.write_text(json.dumps(card, indent=2) + "\n")

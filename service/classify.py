@@ -196,6 +196,8 @@ async def _classify(
     prepared = await _prepare_all(runtime, served, uploads)
     refuse = runtime.settings.domain_policy == "refuse"
     refused = [refuse and item.domain.verdict == "out" for item in prepared]
+    for item in prepared:
+        runtime.metrics.domain.labels(model=served.key, verdict=item.domain.verdict).inc()
     if len(prepared) == 1 and refused[0]:
         raise refusal(prepared[0].domain)
     # Refused images of a multi-image request never reach the batcher; the others are classified.
@@ -222,7 +224,6 @@ async def _classify(
             lung_crop=item.geometry.lung_crop,
         )
         domain = Domain(**item.domain.to_dict())
-        runtime.metrics.domain.labels(model=served.key, verdict=item.domain.verdict).inc()
         if refused[index]:
             error = refusal(item.domain)
             problem = Problem(

@@ -278,15 +278,17 @@ gray image stays well below it)."""
 
 
 def colour_fraction(pixels: np.ndarray) -> float:
-    """Share of coloured pixels in a decoded BGR(A) image, measured on a grid of at most ~64k pixels."""
+    """Share of coloured pixels in a decoded BGR(A) image, on a grid of at most ~16k pixels (OpenCV
+    operations: a numpy version cost 4-9 ms on a decoded film, as much as the colour decode itself)."""
     if pixels.ndim != 3 or pixels.shape[2] < 3:
         return 0.0
-    step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / 65536)))
-    sample = pixels[::step, ::step, :3]
-    if sample.dtype != np.uint8:
+    step = max(1, int(np.sqrt(pixels.shape[0] * pixels.shape[1] / 16384)))
+    sample = np.ascontiguousarray(pixels[::step, ::step, :3])
+    if sample.dtype != np.uint8:  # 16-bit PNG: compare the high bytes
         sample = (sample >> 8).astype(np.uint8) if sample.dtype == np.uint16 else sample.astype(np.uint8)
-    spread = sample.max(axis=2).astype(np.int16) - sample.min(axis=2).astype(np.int16)
-    return float(np.mean(spread >= COLOUR_LEVELS))
+    blue, green, red = cv2.split(sample)
+    spread = cv2.max(cv2.max(cv2.absdiff(blue, green), cv2.absdiff(green, red)), cv2.absdiff(blue, red))
+    return cv2.countNonZero(cv2.compare(spread, COLOUR_LEVELS, cv2.CMP_GE)) / float(spread.size)
 
 
 def _to_gray8(pixels: np.ndarray) -> np.ndarray:

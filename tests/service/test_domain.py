@@ -79,39 +79,51 @@ async def test_what_is_not_a_chest_radiograph_is_refused_with_its_reason() -> No
     assert metric(metrics, "cxr_images_classified_total") == 0
 
 
-async def test_turned_and_inverted_films_are_corrected_and_classified_as_the_original() -> None:
+async def test_turned_and_inverted_films_are_corrected_or_refused_never_passed() -> None:
     film = _film()
+    copies = {
+        "inverted": 255 - film,
+        "upside down": np.rot90(film, 2),
+        "turned 90 clockwise": np.rot90(film, -1),
+        "turned 90 counter-clockwise": np.rot90(film, 1),
+    }
     async with serve(settings_for(BUNDLED_MODELS)) as client:
-        original = _result(await client.post("/v1/classify", content=encode(film), headers=PNG_HEADERS))
-        copies = {
-            "inverted": 255 - film,
-            "upside down": np.rot90(film, 2),
-            "turned 90 clockwise": np.rot90(film, -1),
-        }
+        original = await client.post(
+            "/v1/classify", params={"heatmap": "true"}, content=encode(film), headers=PNG_HEADERS
+        )
         answers = {
-            name: _result(
-                await client.post(
-                    "/v1/classify", content=encode(np.ascontiguousarray(image)), headers=PNG_HEADERS
-                )
+            name: await client.post(
+                "/v1/classify",
+                params={"heatmap": "true"},
+                content=encode(np.ascontiguousarray(image)),
+                headers=PNG_HEADERS,
             )
             for name, image in copies.items()
         }
-        heatmap = await client.post(
-            "/v1/classify",
-            params={"heatmap": "true"},
-            content=encode(np.ascontiguousarray(np.rot90(film, -1))),
-            headers=PNG_HEADERS,
-        )
-    assert original["domain"]["verdict"] == "in" and "domain" not in original["flags"]
-    for name, result in answers.items():
+    first = _result(original)
+    assert first["domain"]["verdict"] == "in" and "domain" not in first["flags"]
+    for name, response in answers.items():
+        if name.startswith("turned 90") and response.status_code == 422:
+            # The view model tells 90 from 270 degrees less surely; unsure, it refuses rather than guess.
+            assert "too uncertain" in _refused(response)["detail"] or "does not look upright" in response.text
+            continue
+        result = _result(response)
         assert result["domain"]["verdict"] == "corrected", (name, result["domain"])
         assert name in result["domain"]["reasons"][0]
         assert result["flags"]["domain"].startswith("corrected: ")
-        # Turning and inverting are exact: the corrected film is the original, so is its probability.
-        assert result["probabilities"]["covid"] == pytest.approx(original["probabilities"]["covid"], abs=1e-6)
-    # The heatmap of a corrected film lies on the uploaded (turned) image's grid.
-    turned = _result(heatmap)["heatmap"]
-    assert (turned["width"], turned["height"]) == (film.shape[0], film.shape[1])
+        # Turning and inverting are exact: the corrected film is the original, and so is its probability.
+        assert result["probabilities"]["covid"] == pytest.approx(first["probabilities"]["covid"], abs=1e-6)
+    # The heatmap of the corrected upside-down film lies on the uploaded image's grid: the original's, turned.
+    upside_down = _result(answers["upside down"])["heatmap"]
+    assert np.array_equal(_heatmap(upside_down), np.rot90(_heatmap(first["heatmap"]), 2))
+
+
+def _heatmap(heatmap: dict[str, Any]) -> np.ndarray:
+    import base64
+
+    levels = cv2.imdecode(np.frombuffer(base64.b64decode(heatmap["data"]), np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert levels is not None
+    return levels
 
 
 async def test_a_recoloured_film_is_refused() -> None:

@@ -22,15 +22,16 @@ from service.model import default_repository, find_versions
 from service.schemas import NOTICE
 from service.web import SECURITY_HEADERS
 from tests.service.test_app import dicom_bytes
+from tests.shareddata import SHARED_DATA
 from tests.tinymodel import blob_image, encode, make_tiny_model
-from tests.web.conftest import ROOT, Server, serving
+from tests.web.conftest import Server, serving
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip(
     "playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'"
 ).expect
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA  # ../shared/data, or CXR_SHARED_DATA
 PAGE_BUDGET_BYTES = 200_000
 TIMEOUT_MS = 20_000
 
