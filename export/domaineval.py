@@ -24,6 +24,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -240,8 +241,8 @@ def time_check(model: OnnxModel, films: list[np.ndarray], jpegs: list[bytes]) ->
     payloads = [_png(f) for f in films]
     for payload in payloads[:3]:  # warm the sessions
         _verdict(model, payload)
-    check = np.mean([_cpu_ms(lambda f=film: model.domain.inspect(f, 0.0)) for film in films])
-    whole = np.mean([_cpu_ms(lambda p=payload: _verdict(model, p)) for payload in payloads])
+    check = np.mean([_cpu_ms(partial(model.domain.inspect, film, 0.0)) for film in films])
+    whole = np.mean([_cpu_ms(partial(_verdict, model, payload)) for payload in payloads])
     result = {
         "images": len(films),
         "check_ms": round(float(check), 2),
@@ -249,9 +250,9 @@ def time_check(model: OnnxModel, films: list[np.ndarray], jpegs: list[bytes]) ->
         "check_share": round(float(check / whole), 4),
     }
     if jpegs:
-        with_colour = np.mean([_cpu_ms(lambda j=jpeg: decode(j)) for jpeg in jpegs])
-        gray_only = np.mean([_cpu_ms(lambda j=jpeg: decode(j, colour=False)) for jpeg in jpegs])
-        whole_jpeg = np.mean([_cpu_ms(lambda j=jpeg: _verdict(model, j)) for jpeg in jpegs])
+        with_colour = np.mean([_cpu_ms(partial(decode, jpeg)) for jpeg in jpegs])
+        gray_only = np.mean([_cpu_ms(partial(decode, jpeg, colour=False)) for jpeg in jpegs])
+        whole_jpeg = np.mean([_cpu_ms(partial(_verdict, model, jpeg)) for jpeg in jpegs])
         result |= {
             "colour_jpegs": len(jpegs),
             "colour_jpeg_decode_extra_ms": round(float(with_colour - gray_only), 2),

@@ -288,7 +288,8 @@ def colour_fraction(pixels: np.ndarray) -> float:
         sample = (sample >> 8).astype(np.uint8) if sample.dtype == np.uint16 else sample.astype(np.uint8)
     blue, green, red = cv2.split(sample)
     spread = cv2.max(cv2.max(cv2.absdiff(blue, green), cv2.absdiff(green, red)), cv2.absdiff(blue, red))
-    return cv2.countNonZero(cv2.compare(spread, COLOUR_LEVELS, cv2.CMP_GE)) / float(spread.size)
+    coloured = cv2.compare(spread, np.full_like(spread, COLOUR_LEVELS), cv2.CMP_GE)
+    return cv2.countNonZero(coloured) / float(spread.size)
 
 
 def _to_gray8(pixels: np.ndarray) -> np.ndarray:
