@@ -184,7 +184,7 @@ def calibrate(model_dir: Path, manifest: Path, min_sensitivity: float) -> dict[s
             "uncalibrated": expected_calibration_error(truth, raw_scores),
             "calibrated": expected_calibration_error(truth, scores),
         },
-        "threshold_before": previous,
+        "threshold_before": card["calibration"]["threshold_before"] if "calibration" in card else previous,
         # From the card's last test evaluation of the uncalibrated model; nothing here reads the test split.
         "test_ece_before": (
             card["calibration"]["test_ece_before"]

@@ -310,8 +310,9 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, geometry: Geometry, alpha: floa
     colored = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     base = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
     mixed = cv2.addWeighted(base, 1 - alpha, colored, alpha, 0)
-    x0, y0, x1, y1 = geometry.box
-    cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
+    if not geometry.turns % 4:  # the box is on the turned-back film's grid otherwise
+        x0, y0, x1, y1 = geometry.box
+        cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
     return mixed
 
 

@@ -37,8 +37,8 @@ def classify_path(
     tensor, geometry = model.prepare(decoded)
     domain = geometry.domain
     flags = dict(decoded.flags)
-    if domain is not None and domain.verdict != "in":
-        flags["domain"] = f"{domain.verdict}: {domain.summary}"
+    if domain is not None and domain.flag is not None:
+        flags["domain"] = domain.flag
     reference = {"name": model.name, "version": model.version, "sha256": model.sha256}
     if domain is not None and domain.verdict == "out" and domain_policy == "refuse":
         return {

@@ -1,11 +1,12 @@
 """`cxr train-view`: the input-domain check's view model, and the thresholds it is used with.
 
-A small CNN sees the border-trimmed image at 64 px (service.domain.view_input) and answers one of nine
-classes: an upright film, the same film turned 90, 180 or 270 degrees, each of those inverted, or "not a
-chest radiograph". Labels are free: the films are the classifier's *training* split, turned and inverted
-here (with random left-right flips, small rotations, zoom, gamma and blur inside every class); the
+A small CNN sees the border-trimmed image at 64 px (service.domain.view_input) and answers one of 17
+classes: an upright film, the same film turned 90, 180 or 270 degrees, each of those inverted, each of
+those eight mirrored left-right, or "not a chest radiograph". Labels are free: the films are the
+classifier's *training* split, mirrored, turned and inverted here (with small rotations, zoom, gamma and
+blur inside every class); the
 negatives are the FIT_KINDS of export.negatives plus training films cut into shuffled tiles. The network's
-32 pooled features also give a Mahalanobis distance to the eight film classes (class means, one shared
+32 pooled features also give a Mahalanobis distance to the 16 film classes (class means, one shared
 covariance, fitted on training films; Lee et al. 2018), exported in the same ONNX graph as `distance`.
 
 Thresholds are chosen on the *validation* split's films (upright and transformed) and on fit-kind negatives
@@ -32,9 +33,17 @@ import numpy as np
 from export.dataset import read_manifest, read_split
 from export.negatives import FIT_KINDS, generate, shuffled_tiles
 from service.decode import decode_file
-from service.domain import NOT_RADIOGRAPH, VIEW_CLASSES, DomainSpec, ViewModel, lung_problem
+from service.domain import (
+    FILM_CLASSES,
+    NOT_RADIOGRAPH,
+    VIEW_CLASSES,
+    DomainSpec,
+    ViewModel,
+    lung_problem,
+    make_view,
+)
 from service.model import OnnxModel
-from service.preprocess import PreprocessSpec, finish, trim_borders
+from service.preprocess import PreprocessSpec, finish, preprocess, trim_borders
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +100,9 @@ def render_negatives(count: int, seed: int, spec: PreprocessSpec, films: np.ndar
     return np.stack(images)
 
 
-def transform(image: np.ndarray, label: int) -> np.ndarray:
-    """An upright film -> the view class `label` (turned clockwise label % 4 times, inverted if >= 4)."""
-    turned = np.rot90(image, -(label % 4))
-    return 255 - turned if label >= 4 else turned
-
-
 def augment(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Small rotation, zoom and shift, left-right flip, gamma and blur; CANVAS -> size x size."""
-    if rng.random() < 0.5:
-        image = image[:, ::-1]
+    """Small rotation, zoom and shift, gamma and blur; CANVAS -> size x size. No left-right flip: which
+    way round a film is, is one of the labels."""
     centre = (CANVAS / 2 + rng.uniform(-4, 4), CANVAS / 2 + rng.uniform(-4, 4))
     matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-10, 10), rng.uniform(0.9, 1.2))
     warped = cv2.warpAffine(
@@ -127,11 +129,11 @@ def batch(
     for index in range(count):
         if rng.random() < 0.25:
             label, image = NOT_RADIOGRAPH, negatives[int(rng.integers(0, len(negatives)))]
-            image = np.rot90(image, int(rng.integers(0, 4)))
+            image = np.rot90(image[:, ::-1] if rng.random() < 0.5 else image, int(rng.integers(0, 4)))
             image = 255 - image if rng.random() < 0.5 else image
         else:
-            label = int(rng.integers(0, NOT_RADIOGRAPH))
-            image = transform(films[int(rng.integers(0, len(films)))], label)
+            label = int(rng.integers(0, FILM_CLASSES))
+            image = make_view(films[int(rng.integers(0, len(films)))], label)
         x[index, :, :, 0] = finish(augment(image, rng, size), spec)
         y[index] = label
     return x, y
@@ -140,10 +142,10 @@ def batch(
 def fixed_set(
     films: np.ndarray, negatives: np.ndarray, size: int, spec: PreprocessSpec
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every film in all eight view classes and every negative, unaugmented: the validation set."""
+    """Every film in all 16 view classes and every negative, unaugmented: the validation set."""
     images, labels = [], []
-    for label in range(NOT_RADIOGRAPH):
-        images += [transform(film, label) for film in films]
+    for label in range(FILM_CLASSES):
+        images += [make_view(film, label) for film in films]
         labels += [label] * len(films)
     images += list(negatives)
     labels += [NOT_RADIOGRAPH] * len(negatives)
@@ -174,8 +176,8 @@ def build(size: int) -> Any:
 
 
 def fit_distance(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Class means of the eight film classes and the Cholesky factor of the shared precision matrix."""
-    means = np.stack([features[labels == k].mean(axis=0) for k in range(NOT_RADIOGRAPH)])
+    """Class means of the 16 film classes and the Cholesky factor of the shared precision matrix."""
+    means = np.stack([features[labels == k].mean(axis=0) for k in range(FILM_CLASSES)])
     centred = features - means[labels]
     covariance = centred.T @ centred / len(features)
     covariance += np.eye(len(covariance)) * 1e-3 * np.trace(covariance) / len(covariance)  # shrinkage
@@ -225,7 +227,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     history = []
     best_accuracy, best_weights = -1.0, model.get_weights()
     for epoch in range(args.epochs):
-        x, y = batch(train_films, negatives, rng, size, spec, 6000)
+        x, y = batch(train_films, negatives, rng, size, spec, 8000)
         # Step schedule: full rate for half the epochs, then a quarter, then a sixteenth.
         rate = 2e-3 * (0.25 ** int(epoch >= args.epochs // 2)) * (0.25 ** int(epoch >= 3 * args.epochs // 4))
         model.optimizer.learning_rate.assign(rate)
@@ -244,7 +246,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             best_accuracy, best_weights = accuracy, model.get_weights()
     model.set_weights(best_weights)
 
-    # Distance: fitted on unaugmented training films in all eight classes.
+    # Distance: fitted on unaugmented training films in all 16 classes.
     fit_x, fit_y = fixed_set(train_films, negatives[:0], size, spec)
     _, fit_features = model.predict(fit_x, verbose=0, batch_size=256)
     means, factor = fit_distance(fit_features, fit_y)
@@ -298,7 +300,7 @@ def choose_thresholds(
 ) -> dict[str, Any]:
     """Thresholds from validation films and validation-seed negatives, by rules fixed in advance:
 
-    - distance: 2 x the largest distance of a validation film in any of the eight classes (a wide margin
+    - distance: 2 x the largest distance of a validation film in any of the 16 classes (a wide margin
       for hospitals unlike these; a non-radiograph far beyond that is refused even where the classifier
       head is fooled);
     - p(not a radiograph) > 0.5 (the argmax rule between "film" and "not");
@@ -315,11 +317,12 @@ def choose_thresholds(
     max_distance = float(2.0 * dist[films].max())
     predicted = np.argmax(prob, axis=1)
     # Lung fields on the validation split's upright films, as preprocessing sees them.
+    # (the segmenter alone: the model version may hold an older view model this run replaces)
     model = OnnxModel(model_dir)
     rows = [r for r in read_manifest(manifest) if split.get(r.file) == "val"]
     fields = []
     for row in rows:
-        _, geometry = model.prepare(decode_file(str(row.path)).pixels)
+        _, geometry = preprocess(decode_file(str(row.path)).pixels, spec, model.segmenter)
         if geometry.lungs is not None:
             fields.append(geometry.lungs)
     smaller = [f.areas[1] for f in fields]
@@ -343,7 +346,12 @@ def choose_thresholds(
             "view_accuracy": float(np.mean(predicted == val_y)),
             "films_called_not_radiograph": float(np.mean(prob[films, NOT_RADIOGRAPH] > 0.5)),
             "negatives_called_film": float(np.mean(prob[~films, NOT_RADIOGRAPH] <= 0.5)),
-            "orientation_accuracy": float(np.mean(predicted[films] == val_y[films])),
+            "film_class_accuracy": float(np.mean(predicted[films] == val_y[films])),
+            # way up and polarity whichever way round, and way round whichever way up (as inspect() decides)
+            "orientation_accuracy": float(
+                np.mean(np.argmax(prob[films, :8] + prob[films, 8:16], axis=1) == val_y[films] % 8)
+            ),
+            "mirror_accuracy": float(np.mean((prob[films, 8:16].sum(axis=1) >= 0.5) == (val_y[films] >= 8))),
             "film_distance_max": float(dist[films].max()),
             "film_distance_p99": float(np.percentile(dist[films], 99)),
             "negative_distance_median": float(np.median(dist[~films])),

@@ -76,10 +76,10 @@ class _Prepared:
         return self.geometry.domain
 
     def flags(self) -> dict[str, str]:
-        """The decoder's flags, plus `domain` when the check corrected the film or found it out of domain."""
-        if self.domain.verdict == "in":
-            return self.decoded.flags
-        return {**self.decoded.flags, "domain": f"{self.domain.verdict}: {self.domain.summary}"}
+        """The decoder's flags, plus `domain` when the check corrected the film, warns about it, or found it
+        out of domain."""
+        flag = self.domain.flag
+        return self.decoded.flags if flag is None else {**self.decoded.flags, "domain": flag}
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -7,22 +7,27 @@ classify an image without it. Checks, cheapest first; each failing one adds a re
 2. colour: a radiograph is grayscale; `colour_fraction` (service.decode) is the share of pixels whose
    channels differ by 24 levels or more (a coloured arrow on a figure stays far below the limit);
 3. the view model (`view.onnx` beside the classifier, trained by `cxr train-view` on the training split's
-   own films turned, inverted and mixed with rendered non-radiographs): p(not a chest radiograph), which
-   way up and which polarity, and the Mahalanobis distance of its features to the training films' (an
-   open-set score: large for anything unlike the films, including kinds no one rendered);
+   own films turned, inverted and mirrored, mixed with rendered non-radiographs): p(not a chest
+   radiograph), which way up, which polarity, which way round, and the Mahalanobis distance of its
+   features to the training films' (an open-set score: large for anything unlike the films, including
+   kinds no one rendered);
 4. the lungs: the lung segmenter, run on the image as the classifier will see it, must find two lung
    fields of plausible size side by side.
 
 A film that the view model finds turned or inverted with confidence `correct_min` is turned back and/or
 inverted (both exact, lossless operations), checked again (the corrected film must look upright with the
-same confidence) and classified: verdict "corrected", with the reason. Anything else that fails a check is
-"out". Thresholds live in the model card (`domain`), chosen on the training
+same confidence) and classified: verdict "corrected", with the reason. A film it finds mirrored left-right
+with that confidence is classified as it is, with a warning among the reasons (and a `domain` flag): the
+classifier's score moves when a film is mirrored (the card measures by how much), but mirroring cannot be
+checked the way a turn can (the view model sees a mirrored image as the mirror of its own answer) and on
+validation films its calls were not sure enough to change pixels on (about 1 % of films the usual way
+round called mirrored at 0.9). Anything else that fails a check is "out". Thresholds live in the model card (`domain`), chosen on the training
 and validation splits by `cxr train-view`, never on the test split or the held-out kinds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,20 +38,41 @@ from service.preprocess import Geometry, LungFields, PreprocessSpec, finish, tri
 
 Verdict = Literal["in", "out", "corrected"]
 
-VIEW_CLASSES = (
-    "upright",
-    "turned 90 clockwise",
-    "upside down",
-    "turned 90 counter-clockwise",
-    "inverted",
-    "inverted, turned 90 clockwise",
-    "inverted, upside down",
-    "inverted, turned 90 counter-clockwise",
-    "not a chest radiograph",
-)
-"""The view model's outputs. Class k < 8 is an upright film turned by (k % 4) quarter turns clockwise,
-inverted when k >= 4; undo with np.rot90(image, k % 4) (counter-clockwise) and 255 - image."""
+_TURNS = ("upright", "turned 90 clockwise", "upside down", "turned 90 counter-clockwise")
+
+
+def view_class_name(index: int) -> str:
+    turns, inverted, mirrored = index % 4, (index // 4) % 2 == 1, index >= 8
+    words = [*(["inverted"] if inverted else []), *([_TURNS[turns]] if turns or not inverted else [])]
+    return ", ".join([*words, *(["mirrored left-right"] if mirrored else [])])
+
+
+VIEW_CLASSES = (*(view_class_name(index) for index in range(16)), "not a chest radiograph")
+"""The view model's outputs. Film class k < 16 is an upright film mirrored left-right when k >= 8, then
+turned (k % 4) quarter turns clockwise, then inverted when (k // 4) is odd; undo in the reverse order
+(`undo`)."""
 NOT_RADIOGRAPH = len(VIEW_CLASSES) - 1
+FILM_CLASSES = NOT_RADIOGRAPH
+
+
+def make_view(image: np.ndarray, index: int) -> np.ndarray:
+    """An upright film -> the same film in view class `index` (training labels, evaluation copies)."""
+    mirrored = image[:, ::-1] if index >= 8 else image
+    turned = np.rot90(mirrored, -(index % 4))
+    return np.ascontiguousarray(255 - turned if (index // 4) % 2 else turned)
+
+
+def undo(image: np.ndarray, turns: int, inverted: bool) -> np.ndarray:
+    """The inverse of make_view for a film the usual way round: un-invert, turn back (counter-clockwise)."""
+    image = 255 - image if inverted else image
+    return np.ascontiguousarray(np.rot90(image, turns) if turns else image)
+
+
+_MIRROR_PERMUTATION = np.array(
+    [*((-(k % 4)) % 4 + 4 * ((k // 4) % 2) + 8 * (1 - k // 8) for k in range(16)), NOT_RADIOGRAPH]
+)
+"""Class of the mirror image of a film in class k: mirroring a film turned t times gives the mirrored film
+turned -t times (np.fliplr(np.rot90(x, -t)) == np.rot90(np.fliplr(x), t)), polarity unchanged."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +119,13 @@ class DomainVerdict:
         return {"verdict": self.verdict, "reasons": list(self.reasons), "scores": dict(self.scores)}
 
     @property
+    def flag(self) -> str | None:
+        """The `domain` flag of a classified result: what was corrected or found, None for a plain "in"."""
+        if self.verdict == "in" and (not self.reasons or self.reasons == [UNCHECKED]):
+            return None
+        return f"{self.verdict}: {self.summary}"
+
+    @property
     def summary(self) -> str:
         """One line for a flag, a CLI or a problem detail."""
         return "; ".join(self.reasons) or "looks like a frontal chest radiograph"
@@ -108,7 +141,7 @@ def view_input(image: np.ndarray, spec: PreprocessSpec, size: int) -> np.ndarray
 
 
 class ViewModel:
-    """view.onnx: (N, S, S, 1) -> `probabilities` (N, 9) over VIEW_CLASSES and `distance` (N,)."""
+    """view.onnx: (N, S, S, 1) -> `probabilities` (N, 17) over VIEW_CLASSES and `distance` (N,)."""
 
     def __init__(self, path: Path, input_size: int) -> None:
         import onnxruntime as ort
@@ -125,11 +158,12 @@ class ViewModel:
         self.input_size = input_size
 
     def __call__(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
-        """Averaged over the image and its mirror image: the model was trained with random left-right
-        flips in every class, so both should agree; averaging steadies the uncertain cases."""
+        """Averaged over the image and its mirror image (whose classes are permuted back): two looks at
+        the same film steady the uncertain cases."""
         both = np.stack([tensor, tensor[:, ::-1]])[:, :, :, None]
         probabilities, distance = self.session.run(["probabilities", "distance"], {self.input_name: both})
-        return probabilities.mean(axis=0), float(distance.mean())
+        averaged = (probabilities[0] + probabilities[1][_MIRROR_PERMUTATION]) / 2.0
+        return averaged, float(distance.mean())
 
 
 class DomainCheck:
@@ -160,10 +194,15 @@ class DomainCheck:
         if self.view is None or reasons:
             return DomainVerdict("out" if reasons else "in", reasons, scores), pixels
         probabilities, distance = self.view(view_input(pixels, self.preprocess, self.view.input_size))
-        best = int(np.argmax(probabilities[:NOT_RADIOGRAPH]))
+        # Way up and polarity, whichever way round; and way round, whichever way up.
+        films = probabilities[:FILM_CLASSES]
+        orientation = films[:8] + films[8:]
+        mirrored_p = float(films[8:].sum())
+        best = int(np.argmax(orientation))
         scores |= {
             "not_radiograph": round(float(probabilities[NOT_RADIOGRAPH]), 4),
-            "upright": round(float(probabilities[0]), 4),
+            "upright": round(float(orientation[0]), 4),
+            "mirrored": round(mirrored_p, 4),
             "distance": round(distance, 2),
         }
         if probabilities[NOT_RADIOGRAPH] > spec.max_not_radiograph:
@@ -176,29 +215,33 @@ class DomainCheck:
             )
         if reasons:
             return DomainVerdict("out", reasons, scores), pixels
+        if mirrored_p >= spec.correct_min:
+            reasons.append(
+                f"the film may be mirrored left-right ({mirrored_p:.2f}; or a dextrocardia): classified as it is, "
+                "and the score may be off"
+            )
         if best == 0:
-            return DomainVerdict("in", [], scores), pixels
-        confidence = float(probabilities[best])
+            return DomainVerdict("in", reasons, scores), pixels
+        confidence = float(orientation[best])
+        found = view_class_name(best)
         scores["orientation_confidence"] = round(confidence, 4)
         if confidence < spec.correct_min:
-            reasons.append(
-                f"the film may be {VIEW_CLASSES[best]} ({confidence:.2f}), too uncertain to correct"
-            )
+            reasons.append(f"the film may be {found} ({confidence:.2f}), too uncertain to correct")
             return DomainVerdict("out", reasons, scores), pixels
         turns, inverted = best % 4, best >= 4
-        corrected = np.rot90(pixels, turns) if turns else pixels
-        corrected = np.ascontiguousarray(255 - corrected if inverted else corrected)
-        # A wrong correction would classify a film turned the wrong way: the corrected film must itself
-        # look upright, with the same confidence, or the image is refused.
+        corrected = undo(pixels, turns, inverted)
+        # A wrong correction would classify a film the wrong way up: the corrected film must itself look
+        # upright, with the same confidence, or the image is refused.
         after, _ = self.view(view_input(corrected, self.preprocess, self.view.input_size))
-        scores["upright_after_correction"] = round(float(after[0]), 4)
-        if int(np.argmax(after)) != 0 or after[0] < spec.correct_min:
+        upright_after = float(after[0] + after[8])
+        scores["upright_after_correction"] = round(upright_after, 4)
+        if upright_after < spec.correct_min:
             reasons.append(
-                f"the film may be {VIEW_CLASSES[best]} ({confidence:.2f}), but turned back it does not look "
-                f"upright ({after[0]:.2f}): not corrected"
+                f"the film may be {found} ({confidence:.2f}), but turned back it does not look upright "
+                f"({upright_after:.2f}): not corrected"
             )
             return DomainVerdict("out", reasons, scores), pixels
-        reasons.append(f"the film was {VIEW_CLASSES[best]} ({confidence:.2f}); corrected before classifying")
+        reasons.insert(0, f"the film was {found} ({confidence:.2f}); corrected before classifying")
         return DomainVerdict("corrected", reasons, scores, turns, inverted), corrected
 
     def lungs(self, verdict: DomainVerdict, geometry: Geometry) -> DomainVerdict:
@@ -212,8 +255,8 @@ class DomainCheck:
             "lung_smaller_area": round(fields.areas[1], 4),
         }
         if problem is None:
-            return DomainVerdict(verdict.verdict, verdict.reasons, scores, verdict.turns, verdict.inverted)
-        return DomainVerdict("out", [*verdict.reasons, problem], scores, verdict.turns, verdict.inverted)
+            return replace(verdict, scores=scores)
+        return replace(verdict, verdict="out", reasons=[*verdict.reasons, problem], scores=scores)
 
 
 def lung_problem(fields: LungFields, spec: DomainSpec) -> str | None:

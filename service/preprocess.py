@@ -72,7 +72,7 @@ class Geometry:
     """Where the model input came from: registers the CAM back onto the decoded image.
 
     `height`, `width` and `box` refer to the image the model saw, which the input-domain check may have
-    turned (`turns` quarter turns counter-clockwise, np.rot90) and inverted; `register_cam` turns the map
+    turned (`turns` quarter turns counter-clockwise, np.rot90) and inverted; `register_cam` puts the map
     back onto the uploaded image's grid."""
 
     height: int
