@@ -101,8 +101,11 @@ def main(args: argparse.Namespace) -> int:
         elif "refused" in record:
             out.write(f"{'refused':<10} {'-':>10}  {path}  ({record['refused']})\n")
         else:
+            note = record.get("flags", {}).get("domain")  # a corrected film, or a warning
             out.write(
-                f"{record['label']:<10} {record['probabilities'][model.card.positive_label]:>10.4f}  {path}\n"
+                f"{record['label']:<10} {record['probabilities'][model.card.positive_label]:>10.4f}  {path}"
+                + (f"  ({note})" if note else "")
+                + "\n"
             )
         out.flush()
     return 1 if failed else 0
