@@ -248,7 +248,7 @@ def time_check(model: OnnxModel, films: list[np.ndarray], jpegs: list[bytes]) ->
             "colour_jpeg_whole_path_ms": round(float(whole_jpeg), 2),
             # a colour decode measured faster than the grayscale one counts as free, not as a saving
             "colour_jpeg_check_share": round(
-                float((max(0.0, with_colour - gray_only) + check) / whole_jpeg), 4
+                (max(0.0, float(with_colour - gray_only)) + float(check)) / float(whole_jpeg), 4
             ),
         }
     return result
