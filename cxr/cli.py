@@ -90,6 +90,27 @@ COMMANDS = (
         ("onnx",),
     ),
     Command(
+        "train-view",
+        "train the input-domain check's view model (orientation, polarity, not-a-radiograph) and its thresholds",
+        "export.viewmodel",
+        "train",
+        _TRAIN,
+    ),
+    Command(
+        "calibrate",
+        "fit temperature (or Platt) scaling on validation into model.onnx and re-derive the threshold",
+        "export.calibrate",
+        "train",
+        ("onnx",),
+    ),
+    Command(
+        "evaluate-domain",
+        "measure the input-domain check on real films, turned/inverted films and held-out non-radiographs",
+        "export.domaineval",
+        "train",
+        ("matplotlib", "skimage"),
+    ),
+    Command(
         "bench",
         "benchmark the service against the in-process limit, a naive app and Ray Serve",
         "loadtest.benchmark",

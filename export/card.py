@@ -57,7 +57,21 @@ def _metrics_section(split: str, evaluation: dict[str, Any]) -> list[str]:
         f"FN {matrix['fn']}, TP {matrix['tp']}. Unreadable files: {evaluation.get('errors', 0)}.",
         "",
     ]
-    for image in ("roc.png", "confusion_matrix.png", "cam_grid.png"):
+    domain = evaluation.get("domain")
+    if domain:
+        verdicts = domain["verdicts"]
+        lines += [
+            f"Input-domain check on these films: {verdicts['in']} in, {verdicts['corrected']} corrected, "
+            f"{verdicts['out']} refused"
+            + (
+                ": " + "; ".join(f"`{d['file']}` {d['verdict']} ({d['reasons']})" for d in domain["not_in"])
+                if domain["not_in"]
+                else ""
+            )
+            + ". Every film is scored in the table above all the same.",
+            "",
+        ]
+    for image in ("roc.png", "confusion_matrix.png", "reliability.png", "cam_grid.png"):
         lines.append(f"![{split} {image}]({split}_{image})")
     lines.append("")
     return lines
@@ -145,12 +159,9 @@ def render_card(card: dict[str, Any]) -> str:
             f" 2 threads): {result['images_per_second_2_threads']}. Calibrated on {result['calibration']}.",
             "",
         ]
+    lines += _calibration_lines(card)
+    lines += _domain_lines(card)
     lines += [
-        "## Calibration",
-        "",
-        "ECE (10 equal-width bins) is in the tables above. Probabilities come from a network trained with",
-        "re-weighted classes and sources, so they are not calibrated to any clinical prevalence.",
-        "",
         "## Known shortcut risks and limits",
         "",
         "- **Source confounding.** Every COVID image comes from one collection of paper figures; nearly every",
@@ -172,6 +183,157 @@ def render_card(card: dict[str, Any]) -> str:
         lines += [f"- {note}" for note in card["notes"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _calibration_lines(card: dict[str, Any]) -> list[str]:
+    calibration = card.get("calibration")
+    lines = ["## Calibration", ""]
+    if not calibration:
+        return [
+            *lines,
+            "ECE (10 equal-width bins) is in the tables above. Probabilities come from a network trained with",
+            "re-weighted classes and sources, so they are not calibrated to any clinical prevalence.",
+            "",
+        ]
+    nll, ece = calibration["val_nll"], calibration["val_ece"]
+    before = calibration.get("test_ece_before")
+    return [
+        *lines,
+        f"The positive logit z is mapped to `sigmoid(z * {calibration['scale']:.4f} + {calibration['shift']:.4f})` inside"
+        f" `model.onnx` ({calibration['method']} scaling; temperature alone would be T = {calibration['temperature']:.3f}),"
+        " so the service, `cxr predict`, `cxr evaluate`, the PACS pass and Triton all return the same calibrated",
+        f"probability. Fitted by negative log-likelihood on the {calibration['fitted_on']}: validation NLL"
+        f" {_f(nll['uncalibrated'])} uncalibrated, {_f(nll['temperature'])} temperature, {_f(nll['platt'])} Platt"
+        " (Platt is used only if at least 0.01 lower than temperature, a rule fixed before fitting); validation ECE"
+        f" {_f(ece['uncalibrated'])} -> {_f(ece['calibrated'])}. The scale is positive, so the ranking and AUROC are"
+        f" unchanged. The threshold was re-derived on the calibrated validation scores: {_f(card['threshold'], 4)}"
+        f" (was {_f(calibration['threshold_before'], 4)} before calibration)."
+        + (
+            f" Test ECE before calibration: {_f(before)}; after: the ECE column of the test table above."
+            if before
+            else ""
+        ),
+        "",
+        f"Reproduce: `{calibration['command']}`, then `cxr evaluate ... --split test --update-card`. The reliability",
+        "diagram of the test split is above (`test_reliability.png`). The calibration describes this data set's",
+        "mix of sources and prevalence, not any clinical population.",
+        "",
+    ]
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * value:.1f} %" if isinstance(value, int | float) else "n/a"
+
+
+def _domain_lines(card: dict[str, Any]) -> list[str]:
+    domain = card.get("domain")
+    if not domain:
+        return []
+    thresholds = domain["thresholds"]
+    training = domain.get("training", {})
+    lines = [
+        "## Input-domain check (what the model was not made for)",
+        "",
+        "Every image, in every path (service, `cxr predict`, `cxr evaluate`, PACS), is checked before it is",
+        "classified (`service/domain.py`): its size (shorter side >= "
+        f"{thresholds['min_side']} px), its colour (at most {_pct(thresholds['max_colour_fraction'])} coloured pixels),",
+        f"the view model `{domain['file']}` (sha256 `{card['files'].get(domain['file'], '?')}`, a small CNN on the",
+        f"border-trimmed image at {domain['input_size']} px: upright / turned 90, 180, 270 / inverted / mirrored / not a",
+        f"chest radiograph, p(not) > {thresholds['max_not_radiograph']} refuses), the Mahalanobis distance of its features",
+        f"to the training films (> {thresholds['max_distance']} refuses), and the lung segmenter's mask (a lung field of",
+        f"at least {_pct(thresholds['min_lung_area'])} of the image; a second one, if as large, beside it: one whited-out",
+        "hemithorax is a real film). A film the view model finds turned or inverted with p >="
+        f" {thresholds['correct_min']} is turned back / inverted (exact, lossless), must then look upright with the same",
+        "confidence, and is classified, flagged `corrected`. A film found mirrored left-right with that confidence is",
+        "classified as it is with a warning (flag `domain`): the classifier's score moves when a film is mirrored (see",
+        "the table below), but the mirror call cannot be checked like a turn and is not sure enough to change pixels",
+        "on (on validation, ~1 % of films the usual way round were called mirrored at 0.9). Anything else that fails is",
+        "refused (HTTP 422",
+        "`not-a-chest-radiograph`). Corrected rather than refused because the correction is exact and checked, and",
+        "a film loaded the wrong way round (or a MONOCHROME1 film shown uninverted) is still a chest film that a",
+        "user wants read; the flag says what was done.",
+        "",
+        "Fitted on: the training split's own films, turned, inverted and mirrored (labels for free), and rendered",
+        "non-radiographs: "
+        + ", ".join(training.get("fit_negatives", {}).get("kinds", []))
+        + ". Photos come from",
+        "scikit-image's bundled `skimage.data` images (no download). Thresholds were chosen on the validation split",
+        "and validation-seed negatives by rules fixed in `export/viewmodel.py`; the test split and the held-out",
+        "kinds below were not used to fit or choose anything.",
+        "",
+    ]
+    if training.get("command"):
+        lines += [
+            f"Train: `{training['command']}` ({training.get('train_seconds', 0):.0f} s on the 2-core CPU).",
+            "",
+        ]
+    evaluation = domain.get("evaluation")
+    if not evaluation:
+        return [*lines, "Not measured yet: run `cxr evaluate-domain --update-card`.", ""]
+    lines += [
+        f"Measured with `{evaluation['command']}`.",
+        "",
+        "Genuine frontal films (should be in):",
+        "",
+        "| set | n | refused | corrected | in | warned: may be mirrored |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in evaluation["genuine"].items():
+        lines.append(
+            f"| {name} | {t['n']} | {t['out']} ({_pct(t['refused_rate'])}) | {t['corrected']} | {t['in']} | "
+            f"{t.get('warned_mirrored', 0)} |"
+        )
+    refused = evaluation.get("refused_genuine_files") or []
+    if refused:
+        lines += [
+            "",
+            "Genuine films not passed as in: "
+            + "; ".join(f"`{r['file']}` {r['verdict']} ({r['reasons']})" for r in refused)
+            + ".",
+        ]
+    lines += [
+        "",
+        "The test split's films made wrong on purpose:",
+        "",
+        "| copy | n | refused | corrected (right) | passed as in | warned: may be mirrored | mean abs change of p(covid), classified copies |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, t in evaluation["transformed"].items():
+        lines.append(
+            f"| {name} | {t['n']} | {t['out']} | {t['corrected']} ({t['correction_right']}) | {t['in']} | "
+            f"{t.get('warned_mirrored', 0)} | {_f(t['mean_abs_probability_change'])} |"
+        )
+    total = evaluation["held_out_total"]
+    lines += [
+        "",
+        f"Non-radiographs of kinds never used to fit: {total['n']} images, {_pct(total['caught_rate'])} refused or corrected.",
+        "",
+        "| kind | n | refused or corrected | caught by |",
+        "|---|---:|---:|---|",
+    ]
+    for name, t in evaluation["held_out"].items():
+        caught = ", ".join(f"{k} {v}" for k, v in sorted(t["caught_by"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"| {name} | {t['n']} | {_pct(t['caught_rate'])} | {caught} |")
+    cost = evaluation.get("cost")
+    if cost:
+        lines += [
+            "",
+            f"Cost (CPU time, one thread): {cost['check_ms']} ms per image for the check (view model on the image and its"
+            " mirror image, colour share; the lung test reuses the segmenter's mask) against"
+            f" {cost['whole_path_ms']} ms for decode + preprocessing + batch-1 inference of the same test-split PNGs:"
+            f" {_pct(cost['check_share'])}.",
+        ]
+        if cost.get("colour_jpegs"):
+            extra = cost["colour_jpeg_decode_extra_ms"]
+            paid = (
+                f"pays {extra} ms" if extra >= 0.5 else f"pays nothing measurable ({extra} ms, within noise)"
+            )
+            lines[-1] += (
+                f" A colour-encoded JPEG film also {paid} for a colour decode instead of a grayscale one"
+                f" ({cost['colour_jpegs']} `fullres/` JPEGs, whole path {cost['colour_jpeg_whole_path_ms']} ms):"
+                f" {_pct(cost['colour_jpeg_check_share'])} with the view model."
+            )
+    return [*lines, ""]
 
 
 def _segmenter_lines(card: dict[str, Any]) -> list[str]:

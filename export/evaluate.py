@@ -66,7 +66,7 @@ def score_rows(
     def prepare(row: Row) -> tuple[Row, Any]:
         try:
             decoded = decode_file(str(row.path))
-            return row, (decoded.pixels, *model.prepare(decoded.pixels))
+            return row, (decoded.pixels, *model.prepare(decoded))  # with the input-domain check
         except (CxrError, OSError) as error:
             return row, error
 
@@ -144,13 +144,14 @@ def evaluate(model: OnnxModel, rows: Sequence[Row], out: Path) -> dict[str, Any]
             }
             for label in sorted({s.row.label for s in scored})
         },
+        "domain": _domain_summary(scored),
         "errors": errors,
         "seconds": round(time.monotonic() - started, 1),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     with (out / "predictions.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", "source", "score", "predicted", "lung_crop"])
+        writer.writerow(["file", "label", "source", "score", "predicted", "lung_crop", "domain"])
         for s in scored:
             writer.writerow(
                 [
@@ -160,14 +161,60 @@ def evaluate(model: OnnxModel, rows: Sequence[Row], out: Path) -> dict[str, Any]
                     f"{s.score:.6f}",
                     model.card.positive_label if s.score >= threshold else "non-covid",
                     s.geometry.lung_crop,
+                    s.geometry.domain.verdict if s.geometry.domain else "",
                 ]
             )
     _write_report(metrics, out / "classification_report.txt")
     _plot_roc(truth, scores, origins, metrics, out / "roc.png")
     _plot_confusion(metrics["overall"]["confusion_matrix"]["matrix"], out / "confusion_matrix.png")
+    _plot_reliability(truth, scores, out / "reliability.png")
     if any(s.cam is not None for s in scored):
         cam_grid(scored, out / "cam_grid.png")
     return metrics
+
+
+def _domain_summary(scored: Sequence[Scored]) -> dict[str, Any]:
+    """Input-domain verdicts on an evaluation set of real films: every film is still scored (the metrics
+    stay comparable across versions), and the films the service would refuse or correct are named."""
+    verdicts = {"in": 0, "corrected": 0, "out": 0}
+    named: list[dict[str, str]] = []
+    for s in scored:
+        domain = s.geometry.domain
+        if domain is None:
+            continue
+        verdicts[domain.verdict] += 1
+        if domain.verdict != "in":
+            named.append({"file": s.row.file, "verdict": domain.verdict, "reasons": domain.summary})
+    return {"verdicts": verdicts, "not_in": named}
+
+
+def _plot_reliability(truth: np.ndarray, scores: np.ndarray, path: Path, bins: int = 10) -> None:
+    """Reliability diagram: observed covid rate against mean predicted p(covid) in equal-width bins."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    centres, observed, counts = [], [], []
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            centres.append(float(scores[members].mean()))
+            observed.append(float(truth[members].mean()))
+            counts.append(int(members.sum()))
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    axis.plot(centres, observed, "o-")
+    for x, y, n in zip(centres, observed, counts, strict=True):
+        axis.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    axis.set_xlabel("mean predicted p(covid)")
+    axis.set_ylabel("observed covid rate")
+    axis.set_title("Reliability (10 bins; n per bin), research use only", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def _write_report(metrics: dict[str, Any], path: Path) -> None:
@@ -262,8 +309,9 @@ def overlay(pixels: np.ndarray, cam: np.ndarray, geometry: Geometry, alpha: floa
     """BGR image: the decoded X-ray with the positive-class CAM (scaled to its own max) as a heat overlay."""
     heat, _ = cam_levels(cam, geometry)  # the levels /v1/classify?heatmap=true returns
     mixed = blend(pixels, heat, opacity=alpha)  # the one overlay, also drawn into the PACS's SC
-    x0, y0, x1, y1 = geometry.box
-    cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
+    if not geometry.turns % 4:  # the box is on the turned-back film's grid otherwise
+        x0, y0, x1, y1 = geometry.box
+        cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
     return mixed
 
 
@@ -306,7 +354,7 @@ def update_card(
         **{k: v for k, v in metrics.items() if k not in ("errors", "notice")},
         "errors": len(metrics["errors"]),
     }
-    for name in ("cam_grid.png", "roc.png", "confusion_matrix.png"):
+    for name in ("cam_grid.png", "roc.png", "confusion_matrix.png", "reliability.png"):
         if (out / name).is_file():
             (model.directory / f"{split_name}_{name}").write_bytes((out / name).read_bytes())
     card_path.write_text(json.dumps(card, indent=2) + "\n")

@@ -1,8 +1,11 @@
 """`cxr predict PATH...`: classify files by path with the bundled (or a chosen) ONNX model, no server.
 
-Uses the service's decoder and preprocessing, so a file gets the same answer here as from `/v1/classify`.
-A bad file prints a one-line error for that file (on stderr) and makes the exit status 1; the other
-files are still classified.
+Uses the service's decoder, input-domain check and preprocessing, so a file gets the same answer here as
+from `/v1/classify`. An image the check finds is not a frontal chest radiograph is reported as refused
+(with the reasons) and not classified, unless `--domain-policy flag`; a refusal is an answer, not an error.
+
+Exit status: 0 every file was read (classified or refused); 1 at least one file could not be read or
+decoded (a one-line error on stderr; the other files are still processed); 2 the model could not be loaded.
 """
 
 from __future__ import annotations
@@ -25,10 +28,26 @@ logger = logging.getLogger(__name__)
 NOTICE = "RESEARCH USE ONLY - not for diagnosis or triage."
 
 
-def classify_path(model: OnnxModel, path: str, heatmap_dir: Path | None = None) -> dict[str, Any]:
-    """One file -> the result record (`file`, `label`, `probabilities`, `threshold`, `model`, ...)."""
+def classify_path(
+    model: OnnxModel, path: str, heatmap_dir: Path | None = None, *, domain_policy: str = "refuse"
+) -> dict[str, Any]:
+    """One file -> the result record (`file`, `label`, `probabilities`, `threshold`, `model`, `domain`, ...);
+    an image the input-domain check refuses gets `refused` (the reasons) instead of a label."""
     decoded = decode_file(path)
-    tensor, geometry = model.prepare(decoded.pixels)
+    tensor, geometry = model.prepare(decoded)
+    domain = geometry.domain
+    flags = dict(decoded.flags)
+    if domain is not None and domain.flag is not None:
+        flags["domain"] = domain.flag
+    reference = {"name": model.name, "version": model.version, "sha256": model.sha256}
+    if domain is not None and domain.verdict == "out" and domain_policy == "refuse":
+        return {
+            "file": path,
+            "refused": f"not a frontal chest radiograph: {domain.summary}",
+            "model": reference,
+            "domain": domain.to_dict(),
+            **({"flags": flags} if flags else {}),
+        }
     probabilities, cams = model.run(tensor[None])
     scores = {label: float(probabilities[0, i]) for i, label in enumerate(model.card.labels)}
     positive = scores[model.card.positive_label]
@@ -42,9 +61,10 @@ def classify_path(model: OnnxModel, path: str, heatmap_dir: Path | None = None) 
         "label": label,
         "probabilities": scores,
         "threshold": model.card.threshold,
-        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "model": reference,
         "lung_crop": geometry.lung_crop,
-        **({"flags": decoded.flags} if decoded.flags else {}),
+        **({"domain": domain.to_dict()} if domain is not None else {}),
+        **({"flags": flags} if flags else {}),
     }
     if heatmap_dir is not None and cams is not None:
         from export.evaluate import overlay
@@ -64,6 +84,16 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=["table", "jsonl"], default="table")
     parser.add_argument("--heatmap", metavar="DIR", help="write CAM overlay PNGs into DIR")
+    parser.add_argument(
+        "--domain-policy",
+        choices=["refuse", "flag"],
+        default="refuse",
+        help="an image that is not a frontal chest radiograph: refuse it (default) or classify and flag it",
+    )
+    parser.epilog = (
+        "exit status: 0 every file was read (classified, or refused as not a frontal chest radiograph); "
+        "1 at least one file could not be read or decoded; 2 the model could not be loaded."
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -80,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
         out.write(f"{'label':<10} {'p(' + model.card.positive_label + ')':>10}  file\n")
     for path in args.paths:
         try:
-            record = classify_path(model, path, heatmap_dir)
+            record = classify_path(model, path, heatmap_dir, domain_policy=args.domain_policy)
         except (CxrError, OSError) as error:
             failed += 1
             message = error.detail if isinstance(error, CxrError) else (error.strerror or str(error))
@@ -88,9 +118,14 @@ def main(args: argparse.Namespace) -> int:
             continue
         if args.format == "jsonl":
             out.write(json.dumps(record) + "\n")
+        elif "refused" in record:
+            out.write(f"{'refused':<10} {'-':>10}  {path}  ({record['refused']})\n")
         else:
+            note = record.get("flags", {}).get("domain")  # a corrected film, or a warning
             out.write(
-                f"{record['label']:<10} {record['probabilities'][model.card.positive_label]:>10.4f}  {path}\n"
+                f"{record['label']:<10} {record['probabilities'][model.card.positive_label]:>10.4f}  {path}"
+                + (f"  ({note})" if note else "")
+                + "\n"
             )
         out.flush()
     return 1 if failed else 0

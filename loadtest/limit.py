@@ -67,8 +67,13 @@ def stage_times(
         decoded = decode(sample.data)
         stages["decode (service: DCT-reduced JPEG)"].append(_timed(partial(decode, sample.data), repeats))
         stages["decode (full-size)"].append(_timed(partial(decode_full, sample.data), repeats))
-        stages["preprocess (trim, lung crop, resize, CLAHE)"].append(
-            _timed(partial(model.prepare, decoded.pixels), repeats)
+        stages["preprocess (domain check, trim, lung crop, resize, CLAHE)"].append(
+            _timed(partial(model.prepare, decoded), repeats)
+        )
+        # Already inside preprocess: the input-domain check's own share (view model and colour share; its
+        # lung test reads the segmenter mask preprocessing computes anyway).
+        stages["of which: input-domain check (view model)"].append(
+            _timed(partial(model.domain.inspect, decoded.pixels, decoded.colour_fraction), repeats)
         )
     size = model.input_size
     result = {name: float(np.mean(values)) for name, values in stages.items()}
@@ -85,7 +90,7 @@ def run_pipeline(
     """Images per second through decode -> prepare -> batch -> run, measured after `warmup_s`."""
 
     def prepare(sample: Sample) -> np.ndarray:
-        tensor, _ = model.prepare(pipeline.decoder(sample.data).pixels)
+        tensor, _ = model.prepare(pipeline.decoder(sample.data))
         return tensor
 
     counter = iter(range(1 << 62))

@@ -35,6 +35,11 @@ from service.errors import CxrError
 
 logger = logging.getLogger(__name__)
 
+_SKIPPED_KINDS = frozenset({"unsupported", "out-of-domain"})
+"""Refusals, not faults: a policy skip, or the service's input-domain check saying the image is not a
+frontal chest radiograph (422 `.../not-a-chest-radiograph`). Recorded as skipped with the reason; no
+classification and no SR is written for them."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -167,7 +172,7 @@ class Processor:
                 ref,
                 started,
                 work,
-                error.kind if error.kind in ("unsupported", "config") else "permanent",
+                error.kind if error.kind in _SKIPPED_KINDS or error.kind == "config" else "permanent",
                 error,
             )
         except Transient as error:
@@ -223,10 +228,12 @@ class Processor:
         self, ref: InstanceRef, started: float, work: _Work | None, kind: str, error: Exception
     ) -> Outcome:
         message = str(error)
-        status = "skipped" if kind == "unsupported" else "failed"
+        status = "skipped" if kind in _SKIPPED_KINDS else "failed"
         if not self._dry_run:
             if status == "skipped":
-                self._state.mark_skipped(ref.sop_uid, ref.study_uid, ref.series_uid, reason=message)
+                self._state.mark_skipped(
+                    ref.sop_uid, ref.study_uid, ref.series_uid, reason=message, kind=kind
+                )
             else:
                 self._state.mark_failed(ref.sop_uid, ref.study_uid, ref.series_uid, kind=kind, error=message)
         log = logger.info if status == "skipped" else logger.warning

@@ -7,7 +7,9 @@ in the same transaction) -> `written` (the PACS accepted both). A pass killed at
   source image and the model (pacs.sr, pacs.sc), are sent again, so a PACS that had already received
   them keeps one copy of each.
 `failed` rows record the error and its kind; transient and configuration failures (a wrong API key, say)
-are retried by the next pass, permanent ones only with `--retry-failed`. `skipped` rows are images the policy refuses (not a chest, not CR/DX).
+are retried by the next pass, permanent ones only with `--retry-failed`. `skipped` rows are images the policy refuses (not a chest, not CR/DX;
+`error_kind` "unsupported") or that the service's input-domain check refused as not a frontal chest
+radiograph (`error_kind` "out-of-domain", `error` the service's reasons): no classification is stored.
 
 WAL journal with synchronous=FULL: a committed row survives SIGKILL and power loss.
 """
@@ -189,8 +191,10 @@ class StateStore:
         attempts = (record.attempts if record else 0) + 1
         self._upsert(uid, study, series, "failed", error_kind=kind, error=error, attempts=attempts)
 
-    def mark_skipped(self, uid: str, study: str, series: str, *, reason: str) -> None:
-        self._upsert(uid, study, series, "skipped", error_kind="unsupported", error=reason)
+    def mark_skipped(
+        self, uid: str, study: str, series: str, *, reason: str, kind: str = "unsupported"
+    ) -> None:
+        self._upsert(uid, study, series, "skipped", error_kind=kind, error=reason)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

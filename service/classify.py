@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.auth import require_api_key
 from service.batcher import BatchResult
 from service.decode import DecodedImage, decode
-from service.errors import CxrError, InvalidParameter, request_deadline
+from service.domain import DomainVerdict
+from service.errors import CxrError, InvalidParameter, NotAChestRadiograph, request_deadline
 from service.model import ModelCard, OnnxModel
 from service.preprocess import Geometry, cam_levels
 from service.repository import ServedModel
@@ -34,9 +35,12 @@ from service.schemas import (
     PROBLEM_RESPONSES,
     Classification,
     ClassifyResponse,
+    Domain,
     Heatmap,
     ImageInfo,
     ModelRef,
+    Problem,
+    Refused,
     Timing,
 )
 from service.settings import Settings
@@ -66,6 +70,18 @@ class _Prepared:
     geometry: Geometry
     decoded: DecodedImage
 
+    @property
+    def domain(self) -> DomainVerdict:
+        if self.geometry.domain is None:  # OnnxModel.prepare always sets it
+            raise RuntimeError("prepared image without a domain verdict")
+        return self.geometry.domain
+
+    def flags(self) -> dict[str, str]:
+        """The decoder's flags, plus `domain` when the check corrected the film, warns about it, or found it
+        out of domain."""
+        flag = self.domain.flag
+        return self.decoded.flags if flag is None else {**self.decoded.flags, "domain": flag}
+
 
 def runtime_of(request: Request) -> Runtime:
     return cast(Runtime, request.app.state.runtime)
@@ -75,8 +91,16 @@ def _prepare(upload: Upload, model: OnnxModel, settings: Settings) -> _Prepared:
     decoded = decode(
         upload.data, max_pixels=settings.max_pixels, fmt=upload.fmt, policy=settings.dicom_policy
     )
-    tensor, geometry = model.prepare(decoded.pixels)
+    tensor, geometry = model.prepare(decoded)  # runs the input-domain check (service.domain)
     return _Prepared(tensor, geometry, decoded)
+
+
+def refusal(domain: DomainVerdict) -> NotAChestRadiograph:
+    """The 422 for an image the input-domain check refused, with the verdict in the problem body."""
+    return NotAChestRadiograph(
+        f"The image does not look like a frontal chest radiograph, so it was not analysed: {domain.summary}.",
+        extensions={"domain": domain.to_dict()},
+    )
 
 
 def _heatmap(cam: np.ndarray | None, geometry: Geometry) -> Heatmap:
@@ -171,29 +195,63 @@ async def _classify(
     started: float,
     deadline: float,
     heatmap: bool,
-) -> list[Classification]:
+) -> list[Classification | Refused]:
     prepared = await _prepare_all(runtime, served, uploads)
-    results = await _infer(served, prepared, deadline)
-    maps: list[Heatmap | None] = [None] * len(results)
-    if heatmap:
+    refuse = runtime.settings.domain_policy == "refuse"
+    refused = [refuse and item.domain.verdict == "out" for item in prepared]
+    for item in prepared:
+        runtime.metrics.domain.labels(model=served.key, verdict=item.domain.verdict).inc()
+    if len(prepared) == 1 and refused[0]:
+        raise refusal(prepared[0].domain)
+    # Refused images of a multi-image request never reach the batcher; the others are classified.
+    kept = [item for item, out in zip(prepared, refused, strict=True) if not out]
+    results = iter(await _infer(served, kept, deadline) if kept else [])
+    maps: dict[int, Heatmap] = {}
+    finished = [(index, item, next(results)) for index, item in enumerate(prepared) if not refused[index]]
+    if heatmap and finished:
         loop = asyncio.get_running_loop()
-        maps = list(
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(runtime.pool, _heatmap, r.cam, p.geometry)
-                    for r, p in zip(results, prepared, strict=True)
-                )
-            )
+        drawn = await asyncio.gather(
+            *(loop.run_in_executor(runtime.pool, _heatmap, r.cam, p.geometry) for _, p, r in finished)
         )
+        maps = {index: heat for (index, _, _), heat in zip(finished, drawn, strict=True)}
     total_ms = (time.monotonic() - started) * 1000.0
     card = served.model.card
     reference = ModelRef(name=served.model.name, version=served.model.version, sha256=served.model.sha256)
-    classifications = []
-    for index, (item, result, heat) in enumerate(zip(prepared, results, maps, strict=True)):
+    by_index = {index: result for index, _, result in finished}
+    entries: list[Classification | Refused] = []
+    for index, item in enumerate(prepared):
+        image = ImageInfo(
+            format=item.decoded.format,
+            width=item.decoded.original_width,
+            height=item.decoded.original_height,
+            lung_crop=item.geometry.lung_crop,
+        )
+        domain = Domain(**item.domain.to_dict())
+        if refused[index]:
+            error = refusal(item.domain)
+            problem = Problem(
+                type=error.type_uri,
+                title=error.title,
+                status=error.status,
+                detail=error.detail,
+                instance=PATH,
+            )
+            entries.append(
+                Refused(
+                    index=index,
+                    problem=problem,
+                    model=reference,
+                    image=image,
+                    flags=item.flags(),
+                    domain=domain,
+                )
+            )
+            continue
+        result = by_index[index]
         label = label_for(result.probabilities, card)
         runtime.metrics.images.labels(model=served.key, label=label).inc()
         runtime.metrics.queue_seconds.labels(model=served.key).observe(result.queue_ms / 1000.0)
-        classifications.append(
+        entries.append(
             Classification(
                 index=index,
                 label=label,
@@ -204,17 +262,13 @@ async def _classify(
                 model=reference,
                 timing=Timing(queue_ms=result.queue_ms, inference_ms=result.inference_ms, total_ms=total_ms),
                 batch_size=result.batch_size,
-                image=ImageInfo(
-                    format=item.decoded.format,
-                    width=item.decoded.original_width,
-                    height=item.decoded.original_height,
-                    lung_crop=item.geometry.lung_crop,
-                ),
-                flags=item.decoded.flags,
-                heatmap=heat,
+                image=image,
+                flags=item.flags(),
+                domain=domain,
+                heatmap=maps.get(index),
             )
         )
-    return classifications
+    return entries
 
 
 @router.post(
@@ -247,14 +301,16 @@ async def classify(request: Request, params: Annotated[ClassifyParams, Query()])
         return Response(status_code=499)
     # Details for the middleware's one access line per request (service.middleware): sizes and timings,
     # never names, identifiers or pixels.
+    classified = [r for r in results if isinstance(r, Classification)]
     request.state.log_detail = (
         f"model={served.key} images={len(results)} formats={','.join(r.image.format for r in results)} "
         f"bytes={sum(len(u.data) for u in uploads)} "
         f"sizes={','.join(f'{r.image.width}x{r.image.height}' for r in results)} "
-        f"batch={','.join(str(r.batch_size) for r in results)} "
-        f"queue_ms={','.join(f'{r.timing.queue_ms:.1f}' for r in results)} "
-        f"inference_ms={','.join(f'{r.timing.inference_ms:.1f}' for r in results)} "
-        f"total_ms={results[0].timing.total_ms:.1f}"
+        f"domain={','.join(r.domain.verdict for r in results)} "
+        f"batch={','.join(str(r.batch_size) for r in classified)} "
+        f"queue_ms={','.join(f'{r.timing.queue_ms:.1f}' for r in classified)} "
+        f"inference_ms={','.join(f'{r.timing.inference_ms:.1f}' for r in classified)} "
+        + (f"total_ms={classified[0].timing.total_ms:.1f}" if classified else "")
     )
     # Serialized here, once, by pydantic-core: FastAPI would validate the finished model again field by
     # field before dumping it (response_model still documents the schema in OpenAPI).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 
 class CxrError(Exception):
@@ -18,10 +19,13 @@ class CxrError(Exception):
     title: str = "Internal error"
     slug: str = "internal-error"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, *, headers: dict[str, str] | None = None, extensions: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        self.extensions = extensions or {}  # extra members of the problem body (RFC 9457 section 3.2)
 
     @property
     def type_uri(self) -> str:
@@ -81,6 +85,21 @@ class InvalidParameter(CxrError):
     status = 422
     title = "Invalid parameter"
     slug = "invalid-parameter"
+
+
+class NotAChestRadiograph(CxrError):
+    """The input-domain check (service.domain) found the image is not a frontal chest radiograph the model
+    was made for. The problem body carries the verdict as `domain`; `detail` says why."""
+
+    status = 422
+    title = "Not a chest radiograph"
+    slug = "not-a-chest-radiograph"
+
+    @property
+    def type_uri(self) -> str:
+        # A path ending in the slug (clients match the suffix `/not-a-chest-radiograph`); the folder's
+        # README says what the problem means.
+        return f"https://github.com/cxr-covid/cxr-covid/tree/main/docs/problems/{self.slug}"
 
 
 class Overloaded(CxrError):

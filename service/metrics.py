@@ -67,6 +67,13 @@ class Metrics:
             ["model", "label"],
             registry=self.registry,
         )
+        self.domain = Counter(
+            "cxr_domain_verdicts",
+            "Input-domain verdicts (in, corrected, out), by model: how often the service is sent what it was "
+            "not made for.",
+            ["model", "verdict"],
+            registry=self.registry,
+        )
         self.dropped = Counter(
             "cxr_images_dropped",
             "Images not computed: overloaded (queue full), expired (deadline), cancelled (client gone).",

@@ -16,7 +16,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from service.decode import DecodedImage
+from service.domain import DomainCheck, DomainSpec, ViewModel
 from service.preprocess import Geometry, PreprocessSpec, preprocess, segmenter_input
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class ModelCard:
     files: dict[str, str]
     preprocessing: PreprocessSpec
     segmenter: str | None
+    domain: DomainSpec = field(default_factory=DomainSpec)
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
@@ -73,6 +76,7 @@ class ModelCard:
                 files={str(k): str(v) for k, v in raw["files"].items()},
                 preprocessing=PreprocessSpec.from_dict(raw["preprocessing"]),
                 segmenter=raw.get("segmenter"),
+                domain=DomainSpec.from_dict(raw.get("domain")),
                 raw=raw,
             )
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -200,6 +204,9 @@ class OnnxModel:
         self.segmenter = (
             Segmenter(directory / self.card.segmenter, self.spec) if self.card.segmenter else None
         )
+        domain = self.card.domain
+        view = ViewModel(directory / domain.view_model, domain.input_size) if domain.view_model else None
+        self.domain = DomainCheck(domain, self.spec, view)
 
     @property
     def name(self) -> str:
@@ -217,9 +224,19 @@ class OnnxModel:
     def has_cam(self) -> bool:
         return "cam" in self.output_names
 
-    def prepare(self, pixels: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """Decoded uint8 grayscale -> (S, S, 1) float32 input and its geometry (preprocessing contract)."""
-        return preprocess(pixels, self.spec, self.segmenter)
+    def prepare(self, image: DecodedImage | np.ndarray) -> tuple[np.ndarray, Geometry]:
+        """A decoded image -> (S, S, 1) float32 input and its geometry (preprocessing contract), after the
+        input-domain check (service.domain), whose verdict is `geometry.domain`. A turned or inverted film
+        the check corrects is preprocessed corrected (`geometry.turns`, `geometry.inverted`). Plain pixels
+        are taken as a grayscale decode (no colour to check)."""
+        if isinstance(image, DecodedImage):
+            pixels, colour = image.pixels, image.colour_fraction
+        else:
+            pixels, colour = image, 0.0
+        verdict, pixels = self.domain.inspect(pixels, colour)
+        tensor, geometry = preprocess(pixels, self.spec, self.segmenter)
+        verdict = self.domain.lungs(verdict, geometry)
+        return tensor, replace(geometry, turns=verdict.turns, inverted=verdict.inverted, domain=verdict)
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, S, S, 1) float32 -> (probabilities (N, K), cam (N, h, w) or None for designs without a GAP

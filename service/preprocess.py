@@ -19,9 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.domain import DomainVerdict
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive) in the decoded image's pixel grid
 MaskFn = Callable[[np.ndarray], np.ndarray]
@@ -52,13 +56,33 @@ class PreprocessSpec:
 
 
 @dataclass(frozen=True)
+class LungFields:
+    """The two largest lung-mask components, as fractions of the trimmed region the segmenter saw:
+    what the input-domain check reads to ask whether a frontal chest is there (service.domain)."""
+
+    areas: tuple[float, float]  # largest first; 0.0 where there is no such component
+    centres: tuple[tuple[float, float], tuple[float, float]]  # (x, y) in [0, 1] of each, same order
+
+
+NO_LUNGS = LungFields((0.0, 0.0), ((0.5, 0.5), (0.5, 0.5)))
+
+
+@dataclass(frozen=True)
 class Geometry:
-    """Where the model input came from: registers the CAM back onto the decoded image."""
+    """Where the model input came from: registers the CAM back onto the decoded image.
+
+    `height`, `width` and `box` refer to the image the model saw, which the input-domain check may have
+    turned (`turns` quarter turns counter-clockwise, np.rot90) and inverted; `register_cam` puts the map
+    back onto the uploaded image's grid."""
 
     height: int
     width: int
     box: Box
     lung_crop: str  # "mask", "fallback" (implausible mask) or "off"
+    lungs: LungFields | None = None  # None without a segmenter
+    turns: int = 0
+    inverted: bool = False
+    domain: DomainVerdict | None = None  # the input-domain check's verdict (service.domain)
 
 
 def trim_borders(image: np.ndarray, spec: PreprocessSpec) -> Box:
@@ -87,21 +111,37 @@ def segmenter_input(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return finish(small, spec)
 
 
-def lung_box(image: np.ndarray, within: Box, spec: PreprocessSpec, segment: MaskFn | None) -> tuple[Box, str]:
-    """Bounding box of the two largest mask components inside `within`, widened by `lung_margin`."""
+def _fields(
+    stats: np.ndarray, centroids: np.ndarray, order: np.ndarray, shape: tuple[int, int]
+) -> LungFields:
+    height, width = shape
+    areas = [float(stats[i, cv2.CC_STAT_AREA]) / (height * width) for i in order]
+    centres = [(float(centroids[i, 0]) / width, float(centroids[i, 1]) / height) for i in order]
+    while len(areas) < 2:
+        areas.append(0.0)
+        centres.append((0.5, 0.5))
+    return LungFields((areas[0], areas[1]), (centres[0], centres[1]))
+
+
+def lung_box(
+    image: np.ndarray, within: Box, spec: PreprocessSpec, segment: MaskFn | None
+) -> tuple[Box, str, LungFields | None]:
+    """Bounding box of the two largest mask components inside `within`, widened by `lung_margin`, and
+    what those components look like (None without a segmenter)."""
     if segment is None or not spec.lung_crop:
-        return within, "off"
+        return within, "off", None
     x0, y0, x1, y1 = within
     region = image[y0:y1, x0:x1]
     mask = segment(region) >= 0.5
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count <= 1:
-        return within, "fallback"
+        return within, "fallback", NO_LUNGS
     # Label 0 is background; keep the two largest components (the lungs), ignore specks.
     order = np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2] + 1
+    fields = _fields(stats, centroids, order, mask.shape)
     area = float(stats[order, cv2.CC_STAT_AREA].sum())
     if area < spec.lung_min_fraction * mask.size:
-        return within, "fallback"
+        return within, "fallback", fields
     left = int(stats[order, cv2.CC_STAT_LEFT].min())
     top = int(stats[order, cv2.CC_STAT_TOP].min())
     right = int((stats[order, cv2.CC_STAT_LEFT] + stats[order, cv2.CC_STAT_WIDTH]).max())
@@ -115,7 +155,7 @@ def lung_box(image: np.ndarray, within: Box, spec: PreprocessSpec, segment: Mask
         x0 + min(width, right + margin_x),
         y0 + min(height, bottom + margin_y),
     )
-    return box, "mask"
+    return box, "mask", fields
 
 
 def crop_resize(image: np.ndarray, box: Box, size: int) -> np.ndarray:
@@ -138,8 +178,8 @@ def locate(image: np.ndarray, spec: PreprocessSpec, segment: MaskFn | None) -> G
     trimmed = trim_borders(image, spec)
     if trimmed[2] - trimmed[0] < 16 or trimmed[3] - trimmed[1] < 16:
         trimmed = (0, 0, image.shape[1], image.shape[0])
-    box, how = lung_box(image, trimmed, spec, segment)
-    return Geometry(image.shape[0], image.shape[1], box, how)
+    box, how, lungs = lung_box(image, trimmed, spec, segment)
+    return Geometry(image.shape[0], image.shape[1], box, how, lungs)
 
 
 def crop_and_finish(image: np.ndarray, geometry: Geometry, spec: PreprocessSpec) -> np.ndarray:
@@ -157,13 +197,14 @@ def preprocess(
 
 
 def register_cam(cam: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Place a CAM (h, w) over the model input back onto the decoded image's grid (zeros outside the crop)."""
+    """Place a CAM (h, w) over the model input back onto the decoded image's grid (zeros outside the crop),
+    undoing any turn the input-domain check applied (inversion does not move pixels)."""
     x0, y0, x1, y1 = geometry.box
     full = np.zeros((geometry.height, geometry.width), dtype=np.float32)
     full[y0:y1, x0:x1] = cv2.resize(
         cam.astype(np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR
     )
-    return full
+    return np.ascontiguousarray(np.rot90(full, -geometry.turns)) if geometry.turns % 4 else full
 
 
 def cam_levels(cam: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, float]:

@@ -42,8 +42,10 @@ def problem(
     request_id: str | None,
     type_uri: str = "about:blank",
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {
+        **(extensions or {}),
         "type": type_uri,
         "title": title,
         "status": status,
@@ -64,8 +66,10 @@ def error_response(
     request_id: str | None,
     type_uri: str = "about:blank",
     headers: dict[str, str] | None = None,
+    extensions: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    """The error answer for a request to path `instance`: the protocol's body under /v2, else a problem."""
+    """The error answer for a request to path `instance`: the protocol's body under /v2, else a problem
+    (with `extensions` as members of its own)."""
     if is_v2(instance):
         # The request id stays in the X-Request-ID header: the protocol's body has one field.
         return JSONResponse({"error": detail}, status_code=_V2_STATUS.get(status, status), headers=headers)
@@ -77,6 +81,7 @@ def error_response(
         request_id=request_id,
         type_uri=type_uri,
         headers=headers,
+        extensions=extensions,
     )
 
 
@@ -95,6 +100,7 @@ async def _cxr_error(request: Request, exc: Exception) -> JSONResponse:
         request_id=_request_id(request),
         type_uri=exc.type_uri,
         headers=exc.headers,
+        extensions=exc.extensions,
     )
 
 

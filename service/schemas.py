@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -10,6 +10,17 @@ NOTICE = (
     "Research use only. Not a medical device: not for diagnosis, triage or any clinical decision. "
     "Models of this kind are known to fail on images from hospitals they were not trained on."
 )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None
 
 
 class ModelRef(BaseModel):
@@ -39,6 +50,18 @@ class Heatmap(BaseModel):
     cam_max: float = Field(description="largest CAM value (positive-class logit units) in the map")
 
 
+class Domain(BaseModel):
+    """The input-domain check's verdict (service.domain)."""
+
+    verdict: Literal["in", "out", "corrected"] = Field(
+        description="in: a frontal chest radiograph; corrected: a turned or inverted film, corrected before "
+        "classifying; out: not a frontal chest radiograph (refused, or classified with a flag under "
+        "domain_policy=flag)"
+    )
+    reasons: list[str] = Field(description="why, in words; empty for in")
+    scores: dict[str, float] = Field(description="the measurements the verdict rests on")
+
+
 class Classification(BaseModel):
     index: int = Field(description="position of the image in the request (multipart order)")
     label: str = Field(description="positive label if p(positive) >= threshold, else the other (binary)")
@@ -48,25 +71,29 @@ class Classification(BaseModel):
     timing: Timing
     batch_size: int = Field(description="images in the batch this one ran in (before padding)")
     image: ImageInfo
-    flags: dict[str, str] = Field(description="warnings about the input, e.g. a lateral DICOM view")
+    flags: dict[str, str] = Field(
+        description="warnings about the input, e.g. a lateral DICOM view, or `domain` for a corrected film or "
+        "(under domain_policy=flag) an image that is not a frontal chest radiograph"
+    )
+    domain: Domain
     heatmap: Heatmap | None = Field(None, description="class activation map, with ?heatmap=true")
+
+
+class Refused(BaseModel):
+    """A multi-image request's entry for an image the input-domain check refused: no label, no score."""
+
+    index: int = Field(description="position of the image in the request (multipart order)")
+    problem: Problem = Field(description="what a single-image request would have got (422)")
+    model: ModelRef
+    image: ImageInfo
+    flags: dict[str, str]
+    domain: Domain
 
 
 class ClassifyResponse(BaseModel):
     request_id: str
     notice: str = NOTICE
-    results: list[Classification]
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details (media type application/problem+json)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str
-    request_id: str | None = None
+    results: list[Classification | Refused]
 
 
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -77,7 +104,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
         404: "Unknown model or version",
         413: "Body over the byte limit, or image over the pixel limit (from its header)",
         415: "Unsupported Content-Type or file type",
-        422: "Invalid parameters",
+        422: "Invalid parameters, or (type ending /not-a-chest-radiograph) an image the input-domain check refused",
         429: "Queue full (when configured to answer 429)",
         503: "Queue full, warming up, or shutting down (Retry-After)",
         504: "Deadline exceeded",

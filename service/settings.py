@@ -122,6 +122,10 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         default="info", description="log level"
     )
+    domain_policy: Literal["refuse", "flag"] = Field(
+        default="refuse",
+        description="an image that is not a frontal chest radiograph: refuse (422) or classify and flag it",
+    )
     cors_origins: CommaList = Field(
         default_factory=list, description="origins allowed by CORS (default: none)"
     )

@@ -71,9 +71,19 @@ def build_graph(
 
 
 def make_tiny_model(
-    repository: Path, name: str = "tiny", version: str = "1", *, input_size: int = 32, threshold: float = 0.5
+    repository: Path,
+    name: str = "tiny",
+    version: str = "1",
+    *,
+    input_size: int = 32,
+    threshold: float = 0.5,
+    domain: dict[str, object] | None = None,
 ) -> Path:
-    """Write `<repository>/<name>/<version>/{model.onnx, card.json}` and return the version directory."""
+    """Write `<repository>/<name>/<version>/{model.onnx, card.json}` and return the version directory.
+
+    Without `domain` the card has no input-domain section, so the service checks nothing (every image is
+    "in", reason "not checked"): the tests' small synthetic images stay classifiable. `domain` (e.g.
+    `{"thresholds": {"min_side": 128}}`) adds the model-free checks (size, colour) without a view model."""
     directory = repository / name / version
     directory.mkdir(parents=True, exist_ok=True)
     model_path = directory / "model.onnx"
@@ -88,6 +98,7 @@ def make_tiny_model(
         "preprocessing": PreprocessSpec(input_size=input_size, lung_crop=False).to_dict(),
         "segmenter": None,
         "intended_use": "Test fixture. Research use only. Not for diagnosis.",
+        **({"domain": domain} if domain is not None else {}),
     }
     (directory / "card.json").write_text(json.dumps(card, indent=2))
     return directory

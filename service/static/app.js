@@ -43,7 +43,14 @@ async function problemOf(response) {
   }
   const title = body && typeof body.title === "string" ? body.title : `HTTP ${response.status}`;
   const detail = body && typeof body.detail === "string" ? body.detail : response.statusText || "No details.";
-  return { title, detail, status: response.status };
+  // The input-domain check's refusal: said plainly, as a refusal rather than a fault.
+  const refused = Boolean(body && typeof body.type === "string" && body.type.endsWith("/not-a-chest-radiograph"));
+  return {
+    title: refused ? "Not analysed: this does not look like a frontal chest radiograph" : title,
+    detail,
+    status: response.status,
+    refused,
+  };
 }
 
 async function loadModels() {
@@ -107,6 +114,7 @@ function updateStatus() {
 
 function showProblem(item, problem) {
   item.dataset.state = "error";
+  item.dataset.refused = problem.refused ? "true" : "false";
   $(".problem-title", item).textContent = problem.title;
   $(".problem-status", item).textContent = problem.status ? `(HTTP ${problem.status})` : "";
   $(".problem-detail", item).textContent = problem.detail;
@@ -179,8 +187,10 @@ function showResult(job, result, roundTripMs) {
   // Flags describe the input (e.g. DICOM view position); a "warning" one says the model may not apply.
   for (const [name, value] of Object.entries(result.flags || {})) {
     const flag = document.createElement("li");
-    flag.textContent = name === "warning" ? `Warning: ${value}` : `${name}: ${value}`;
-    flag.classList.toggle("warning", name === "warning");
+    // "domain": the film was turned or inverted and corrected, or (domain_policy=flag) is not a chest film.
+    const warning = name === "warning" || name === "domain";
+    flag.textContent = warning ? `Warning: ${value}` : `${name}: ${value}`;
+    flag.classList.toggle("warning", warning);
     flags.append(flag);
   }
 

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+from tests.shareddata import SHARED_DATA  # ../shared/data, or CXR_SHARED_DATA
+
 CXR_MANIFEST = SHARED_DATA / "cxr" / "manifest.csv"
 
 

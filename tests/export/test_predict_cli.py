@@ -25,18 +25,32 @@ def _cxr(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_predict_png_prints_label_and_probabilities(tmp_path: Path) -> None:
+    # A drawn chest is not a radiograph to the bundled model's input-domain check: --domain-policy flag
+    # classifies it anyway and says so.
     image = tmp_path / "chest.png"
     cv2.imwrite(str(image), synthetic_xray(np.random.default_rng(0), False, size=256))
-    table = _cxr("predict", str(image))
+    table = _cxr("predict", str(image), "--domain-policy", "flag")
     assert table.returncode == 0, table.stderr
     assert "RESEARCH USE ONLY" in table.stdout
     assert str(image) in table.stdout
-    jsonl = _cxr("predict", str(image), "--format", "jsonl")
+    jsonl = _cxr("predict", str(image), "--format", "jsonl", "--domain-policy", "flag")
     record = json.loads(jsonl.stdout)
     assert record["file"] == str(image)
     assert record["label"] in ("covid", "non-covid")
     assert set(record["probabilities"]) == {"covid", "non-covid"}
     assert 0 <= record["threshold"] <= 1
+    assert record["domain"]["verdict"] == "out" and record["flags"]["domain"].startswith("out: ")
+
+
+def test_predict_refuses_what_is_not_a_chest_radiograph_and_exits_0(tmp_path: Path) -> None:
+    noise = tmp_path / "noise.png"
+    cv2.imwrite(str(noise), np.random.default_rng(2).integers(0, 256, (512, 512)).astype(np.uint8))
+    table = _cxr("predict", str(noise))
+    assert table.returncode == 0, table.stderr  # a refusal is an answer; only unreadable files exit 1
+    assert "refused" in table.stdout and "not a frontal chest radiograph" in table.stdout
+    record = json.loads(_cxr("predict", str(noise), "--format", "jsonl").stdout)
+    assert "label" not in record and record["domain"]["verdict"] == "out" and record["refused"]
+    assert "exit status" in _cxr("predict", "--help").stdout
 
 
 def test_bad_files_get_one_line_errors_and_nonzero_exit(tmp_path: Path) -> None:
@@ -58,7 +72,7 @@ def test_bad_files_get_one_line_errors_and_nonzero_exit(tmp_path: Path) -> None:
     assert len(errors) == 4, errors
     for path in (corrupt, text, empty, missing):
         assert any(str(path) in line for line in errors)
-    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(good)]
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(good)]  # refused or not
 
 
 def test_evaluate_rejects_a_bad_manifest_with_one_line(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from service.model import default_repository, find_versions
 from service.schemas import NOTICE
 from service.web import SECURITY_HEADERS
 from tests.dicoms import identified_dicom
-from tests.serverproc import ROOT, Server, serving
+from tests.serverproc import Server, serving
+from tests.shareddata import SHARED_DATA
 from tests.tinymodel import blob_image, encode, make_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ expect = pytest.importorskip(
     "playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'"
 ).expect
 
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = SHARED_DATA  # ../shared/data, or CXR_SHARED_DATA
 PAGE_BUDGET_BYTES = 200_000
 TIMEOUT_MS = 20_000
 
@@ -236,6 +237,10 @@ def test_first_result_with_the_bundled_model(browser: Any, tmp_path: Path, ci_lo
     if not find_versions(default_repository()):
         pytest.skip(f"no bundled model under {default_repository()}")
     xray = _chest_xray(tmp_path)
+    if not xray.is_relative_to(SHARED):
+        pytest.skip(
+            f"no real chest X-ray at {SHARED}: the bundled model's input-domain check refuses drawn ones"
+        )
     with (
         serving(default_repository(), tmp_path / "server.log") as bundled,
         _opened(browser, bundled.url) as page,
@@ -257,6 +262,26 @@ def test_first_result_with_the_bundled_model(browser: Any, tmp_path: Path, ci_lo
         assert answer.status_code == 200, answer.text
         _check_shown(item, answer.json())
         page.screenshot(path=str(ci_logs / "web-bundled-model.png"), full_page=True)
+
+
+def test_an_image_that_is_not_a_chest_radiograph_is_refused_plainly(browser: Any, tmp_path: Path) -> None:
+    """Issue 16: the bundled model's input-domain check refuses noise; the page says so, as a refusal."""
+    if not find_versions(default_repository()):
+        pytest.skip(f"no bundled model under {default_repository()}")
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(encode(np.random.default_rng(16).integers(0, 256, (512, 512)).astype(np.uint8)))
+    with (
+        serving(default_repository(), tmp_path / "server.log") as bundled,
+        _opened(browser, bundled.url) as page,
+    ):
+        page.set_input_files("#files", str(noise))
+        item = page.locator(".result").first
+        expect(item).to_have_attribute("data-state", "error", timeout=TIMEOUT_MS)
+        expect(item).to_have_attribute("data-refused", "true")
+        expect(item.locator(".problem-title")).to_contain_text(
+            "does not look like a frontal chest radiograph"
+        )
+        expect(item.locator(".problem-detail")).to_contain_text("not analysed")
 
 
 def test_dropping_a_file_uploads_it(server: Server, page: Any) -> None:
