@@ -219,7 +219,9 @@ class Processor:
         """Out of domain with no SC to write: nothing goes to the PACS (the SR is a COVID-19 result)."""
         message = f"not analysed: {reason}"
         if not self._dry_run:
-            self._state.mark_skipped(ref.sop_uid, ref.study_uid, ref.series_uid, reason=message)
+            self._state.mark_skipped(
+                ref.sop_uid, ref.study_uid, ref.series_uid, reason=message, kind="out-of-domain"
+            )
         logger.info("skipped %s: out of domain", ref.sop_uid)
         self._row(ref, "skipped", started, None, error_kind="out-of-domain", error=message)
         return Outcome("skipped", "out-of-domain", message)

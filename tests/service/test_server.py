@@ -69,7 +69,7 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
     model_dir: Path, tmp_path: Path, servers: list[Server]
 ) -> None:
     server = start_server(
-        model_dir, tmp_path / "server.log", "--max-batch-size", "1", "--drain-timeout-s", "10", delay_s=0.2
+        model_dir, tmp_path / "server.log", "--max-batch-size", "1", "--drain-timeout-s", "10", delay_s=1.0
     )
     servers.append(server)
     wait_bound(server)
@@ -86,7 +86,9 @@ async def test_uvicorn_serves_then_drains_queued_work_on_sigterm(
             asyncio.ensure_future(client.post("/v1/classify", content=png(seed=i), headers=PNG_HEADERS))
             for i in range(4)
         ]
-        await wait_queue_depth(client, 2)
+        # Every image queued behind the one in the model (1 s each) before the signal: a request still being
+        # decoded then would rightly be refused (503), and that is not what this test is about.
+        await wait_queue_depth(client, 3)
         server.process.send_signal(signal.SIGTERM)
         responses = await asyncio.gather(*burst)
     async with httpx.AsyncClient(base_url=server.url, timeout=5) as fresh:
