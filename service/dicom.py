@@ -149,13 +149,20 @@ def decode_dicom(data: bytes, *, max_pixels: int, policy: DicomPolicy | None = N
     """
     ds = _read_dataset(data)
     flags = check_tags(ds, policy or DicomPolicy())
+    pixels = _display_frame(ds, max_pixels)
+    rows, columns = pixels.shape
+    return DecodedImage(to_training_scale(pixels), "dicom", rows, columns, flags)
+
+
+def _display_frame(ds: Any, max_pixels: int) -> np.ndarray:
+    """The one grayscale frame as 8-bit display values (Modality LUT, VOI, MONOCHROME1), after the pixel
+    limit is checked from Rows x Columns."""
     rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_pixel_limit(columns, rows, max_pixels)
     stored = _stored_pixels(ds)
     if stored.shape != (rows, columns):
         raise UnsupportedDicom(f"Expected one {rows}x{columns} grayscale frame, got shape {stored.shape}.")
-    pixels = np.rint(display_values(ds, stored) * 255.0).astype(np.uint8)
-    return DecodedImage(to_training_scale(pixels), "dicom", rows, columns, flags)
+    return np.rint(display_values(ds, stored) * 255.0).astype(np.uint8)
 
 
 def display_pixels(data: bytes, *, max_side: int, max_pixels: int) -> np.ndarray:
@@ -169,12 +176,8 @@ def display_pixels(data: bytes, *, max_side: int, max_pixels: int) -> np.ndarray
         raise ValueError("max_side must be at least 1")
     ds = _read_dataset(data)
     check_tags(ds, DicomPolicy(modalities=frozenset(), check_body_part=False))
-    rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    check_pixel_limit(columns, rows, max_pixels)
-    stored = _stored_pixels(ds)
-    if stored.shape != (rows, columns):
-        raise UnsupportedDicom(f"Expected one {rows}x{columns} grayscale frame, got shape {stored.shape}.")
-    pixels = np.rint(display_values(ds, stored) * 255.0).astype(np.uint8)
+    pixels = _display_frame(ds, max_pixels)
+    rows, columns = pixels.shape
     scale = max_side / max(rows, columns)
     if scale >= 1.0:
         return pixels
