@@ -139,6 +139,14 @@ def service_command(
     ]
 
 
+def floor_command() -> list[str]:
+    """uvicorn's defaults (uvloop, httptools), as `cxr serve` runs it, without the per-request access line."""
+    return [
+        sys.executable, "-m", "uvicorn", "loadtest.floor_app:app", "--host", "127.0.0.1", "--port", "0",
+        "--no-access-log",
+    ]  # fmt: skip
+
+
 def naive_command() -> list[str]:
     return [sys.executable, "-m", "uvicorn", "loadtest.naive_app:app", "--host", "127.0.0.1", "--port", "0"]
 

@@ -99,3 +99,24 @@ def test_a_service_that_served_nothing_fails_rather_than_going_unmeasured() -> N
     results["runs"][1]["images_per_s"] = results["runs"][0]["images_per_s"] = 0.0
     checks = {check["check"]: check for check in acceptance(results)}
     assert checks["service peak / in-process limit"]["pass"] is False
+
+
+def test_recovery_compares_with_the_level_measured_just_before_the_overload() -> None:
+    results = _results()  # the peak (best window) is 47 images/s
+    results["overload"]["before"] = {"level": 16, "images_per_s": 41.0}
+    results["overload"]["recovery"]["images_per_s"] = 38.0  # 0.81 of the peak, 0.93 of the level before
+    check = next(c for c in acceptance(results) if c["check"].startswith("after overload"))
+    assert check["check"] == "after overload: throughput / the same level just before it"
+    assert check["value"] == round(38.0 / 41.0, 3) and check["pass"] is True
+    results["overload"]["recovery"]["images_per_s"] = 33.0  # 0.80 of the level before: not recovered
+    check = next(c for c in acceptance(results) if c["check"].startswith("after overload"))
+    assert check["pass"] is False
+
+
+def test_the_http_floor_bounds_the_service_limit_ratio_for_information() -> None:
+    # Limit 50 images/s on 2 cores: 40 ms per image; a floor of 2 + 1 ms per request leaves 40 / 43.
+    results = _results(host={"cores": 2})
+    results["http_floor"] = {"level": 16, "cpu_ms": {"event loop thread": 2.0, "load generator": 1.0}}
+    check = next(c for c in acceptance(results) if "HTTP floor leaves" in c["check"])
+    assert check["value"] == round(40 / 43, 3) and check["pass"] == "info"
+    assert not [c for c in acceptance(_results(host={"cores": 2})) if "HTTP floor" in c["check"]]
