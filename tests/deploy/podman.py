@@ -3,8 +3,9 @@
 What works here (measured, see shared field notes): the `vfs` storage driver, runc (crun refuses the
 hybrid cgroup layout), the cgroupfs manager, default ulimits within the host's hard limit, host networking;
 the base image made locally by debootstrap and `podman import`, with the host's CA certificates so that pip
-inside the build reaches the package registry as the host does. Storage lives under /var/tmp/cxr-podman,
-so a second run reuses the base image and the build cache.
+inside the build reaches the package registry as the host does. Storage lives under /var/tmp/cxr-podman;
+the container test builds without cached layers and removes its image afterwards (with vfs every kept
+layer is a full copy of the files), so the store does not grow from run to run.
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     overload = results["overload"]
     assert overload["only_2xx_503_429"], overload["statuses_all"]
     assert overload["max_request_s"] <= overload["deadline_s"] + 0.5
+    # Recovery is measured against the same level just before the overload, both real windows.
+    assert overload["before"]["ok"] > 0 and overload["recovery"]["level"] == overload["before"]["level"]
+    # The HTTP floor ran at the service's peak level and its CPU per request was measured.
+    floor = results["http_floor"]
+    assert floor["ok"] > 0 and floor["error_rate"] == 0.0 and floor["cpu_ms"]["event loop thread"] > 0
     repeats = [r for r in runs if r["target"] == "service" and r.get("repeat")]
     assert len(repeats) == plan.pairs and all(r["paired_limit"] > 0 for r in repeats)
     checks = {check["check"].split(" (")[0]: check for check in results["acceptance"]}
@@ -63,6 +68,7 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     assert variant["ok"] > 0 and variant["paired_defaults"] > 0
     assert "| --log-level warning |" in document and "defaults next to it" in document
     assert "## GPU" in document and "| cxr service (defaults) | 1 |" in document
+    assert "| HTTP floor: uvicorn + an app that only reads the body |" in document
     # The batch policy the service chose at warm-up is recorded and stated.
     batching = results["batching"]
     assert batching["policy"] == "auto" and batching["batch_sizes"][-1] == batching["max_batch_size"]
