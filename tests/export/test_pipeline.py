@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,17 @@ def test_ensemble_refuses_runs_on_different_splits(exported: Path, synthetic_man
                   str(synthetic_manifest), "--out", str(exported / "bad-ensemble")])  # fmt: skip
     assert status == 2
     assert not (exported / "bad-ensemble" / "train.json").exists()
+
+
+def test_quantize_records_the_int8_variant_in_both_cards(
+    exported: Path, synthetic_manifest: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "tiny" / "3"  # a copy: the other tests read the exported card as it was
+    shutil.copytree(exported / "repo" / "tiny" / "3", model_dir)
+    args = ["quantize", "--model", str(model_dir), "--manifest", str(synthetic_manifest)]
+    assert cxr([*args, "--calibration-images", "8"]) == 0
+    variant = json.loads((model_dir / "card.json").read_text())["variants"]["int8"]
+    assert set(variant["val_auroc"]) == {"fp32", "int8"} and isinstance(variant["kept"], bool)
+    # card.md is re-rendered from card.json, so the person reading it sees the same verdict
+    assert "## Variant: int8" in (model_dir / "card.md").read_text()
+    assert variant["reason"] in (model_dir / "card.md").read_text()
