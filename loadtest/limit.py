@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -84,10 +85,18 @@ def stage_times(
     return result
 
 
+class Rate(NamedTuple):
+    images_per_s: float
+    cpu_ms_per_image: float
+    """CPU time of this whole process (every thread) per image over the same window: what the pipeline
+    itself costs, whether or not it kept every core busy."""
+
+
 def run_pipeline(
     model: OnnxModel, samples: list[Sample], pipeline: Pipeline, *, warmup_s: float, duration_s: float
-) -> float:
-    """Images per second through decode -> prepare -> batch -> run, measured after `warmup_s`."""
+) -> Rate:
+    """Images per second through decode -> prepare -> batch -> run, measured after `warmup_s`, and the
+    process's CPU time per image over the same window."""
 
     def prepare(sample: Sample) -> np.ndarray:
         tensor, _ = model.prepare(pipeline.decoder(sample.data))
@@ -113,6 +122,7 @@ def run_pipeline(
     # Images per second between the first and the last batch completed in the window: exact for any batch
     # size (counting whole batches against the window's length would be off by up to one batch).
     first = last = 0.0
+    cpu_first = cpu_last = 0.0
     images = 0
     try:
         while time.monotonic() < end or not last:
@@ -122,11 +132,11 @@ def run_pipeline(
             if done < measure_from:
                 continue
             if not first:
-                first = done
+                first, cpu_first = done, time.process_time()
             else:
                 images += pipeline.batch_size
-                last = done
+                last, cpu_last = done, time.process_time()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return images / (last - first)
+    return Rate(images / (last - first), 1000.0 * (cpu_last - cpu_first) / images)

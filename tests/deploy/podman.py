@@ -5,7 +5,8 @@ hybrid cgroup layout), the cgroupfs manager, default ulimits within the host's h
 the base image made locally by debootstrap and `podman import`, with the host's CA certificates so that pip
 inside the build reaches the package registry as the host does. Storage lives under /var/tmp/cxr-podman;
 the container test builds without cached layers and removes its image afterwards (with vfs every kept
-layer is a full copy of the files), so the store does not grow from run to run.
+layer is a full copy of the files), so the store does not grow from run to run (the base image goes with
+the build, and the next run makes it again).
 """
 
 from __future__ import annotations

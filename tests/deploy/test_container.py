@@ -37,18 +37,18 @@ def tool() -> Podman:
 def image(tool: Podman) -> Iterator[str]:
     base = ensure_base_image(tool)
     # buildah 1.28 does not expand FLAVOR's default inside `FROM base-${FLAVOR}`: give it explicitly.
-    # --format docker keeps the HEALTHCHECK (the OCI format has none). --layers=false: with the vfs driver
-    # every cached step is a full copy of the image's files (0.3-1.2 GB each, about 10 GB a build), and the
-    # kept steps of every run filled a 250 GB disk here. buildah then also removes the base image it built
-    # from, so each run makes it again (debootstrap, about a minute).
-    tool.run(
-        "build", "--format", "docker", "--layers=false", "--network", "host", "--build-arg", "FLAVOR=cpu",
-        "--build-arg", f"PYTHON_IMAGE={base}", "-t", IMAGE, str(ROOT),
-        timeout=1500,
-    )  # fmt: skip
+    # --format docker keeps the HEALTHCHECK (the OCI format has none). --layers=false and --force-rm: with
+    # the vfs driver every kept step or container is a full copy of the image's files (0.3-1.2 GB each,
+    # about 10 GB a build), and what repeated runs kept filled a 250 GB disk here. buildah then also
+    # removes the base image it built from, so each run makes it again (debootstrap, about a minute).
     try:
+        tool.run(
+            "build", "--format", "docker", "--layers=false", "--force-rm", "--network", "host",
+            "--build-arg", "FLAVOR=cpu", "--build-arg", f"PYTHON_IMAGE={base}", "-t", IMAGE, str(ROOT),
+            timeout=1500,
+        )  # fmt: skip
         yield IMAGE
-    finally:  # nothing stays in the store but what ensure_base_image may reuse
+    finally:  # a failed build's leftovers too: the store keeps nothing from this run
         tool.run("rmi", "-f", IMAGE, check=False)
         tool.run("image", "prune", "-f", check=False)
 

@@ -113,10 +113,14 @@ def test_recovery_compares_with_the_level_measured_just_before_the_overload() ->
     assert check["pass"] is False
 
 
-def test_the_http_floor_bounds_the_service_limit_ratio_for_information() -> None:
-    # Limit 50 images/s on 2 cores: 40 ms per image; a floor of 2 + 1 ms per request leaves 40 / 43.
+def test_the_http_floor_estimate_uses_the_limits_measured_cpu_per_image() -> None:
+    # 2 cores, the limit at 50 images/s spending 38 ms of CPU per image (not every core busy: 40 ms would
+    # be), the floor 2 + 1 ms per request: 2000 / (41 ms x 50 images/s).
     results = _results(host={"cores": 2})
+    results["limit"]["cpu_ms_per_image"] = 38.0
     results["http_floor"] = {"level": 16, "cpu_ms": {"event loop thread": 2.0, "load generator": 1.0}}
-    check = next(c for c in acceptance(results) if "HTTP floor leaves" in c["check"])
-    assert check["value"] == round(40 / 43, 3) and check["pass"] == "info"
+    check = next(c for c in acceptance(results) if "HTTP floor" in c["check"])
+    assert check["value"] == round(2000 / (41 * 50), 3) and check["pass"] == "info"
+    del results["limit"]["cpu_ms_per_image"]  # results from before the limit measured its CPU: no estimate
+    assert not [c for c in acceptance(results) if "HTTP floor" in c["check"]]
     assert not [c for c in acceptance(_results(host={"cores": 2})) if "HTTP floor" in c["check"]]
