@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from export.card import render_card
 from export.dataset import read_manifest, read_split
 from export.metrics import auroc
 from service.decode import decode_file
@@ -141,9 +142,7 @@ def main(args: argparse.Namespace) -> int:
     card = json.loads(card_path.read_text())
     card.setdefault("variants", {})["int8"] = result
     card_path.write_text(json.dumps(card, indent=2) + "\n")
-    from export.card import render_card  # the person-readable card says what card.json now says
-
-    (model.directory / "card.md").write_text(render_card(card))
+    (model.directory / "card.md").write_text(render_card(card))  # the card a person reads says the same
     logger.info(
         "int8: %s; val AUROC fp32 %.4f int8 %.4f; speed %s",
         "kept" if result["kept"] else "not kept",

@@ -335,9 +335,8 @@ def run(plan: Plan) -> dict[str, Any]:
     results["runs"], results["overload"], results["batching"] = sweeps.measure_targets(
         plan, paired=in_process.paired_round
     )
-    service_runs = [r for r in results["runs"] if r["target"] == "service" and r["mode"] == "closed"]
-    if service_runs:  # what stock uvicorn costs per request at the service's peak concurrency
-        peak = max(service_runs, key=lambda r: r["images_per_s"])
+    peak = report.peak_run(results["runs"], "service")
+    if peak:  # what stock uvicorn costs per request at the service's peak concurrency
         results["http_floor"] = sweeps.http_floor(plan, int(peak["level"]))
     results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)

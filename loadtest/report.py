@@ -22,7 +22,7 @@ _DEADLINE_SLACK_S = 0.5
 """The client sees the deadline plus upload and response time; past this much more, a request outlived it."""
 
 
-def _peak(runs: list[dict[str, Any]], target: str) -> dict[str, Any] | None:
+def peak_run(runs: list[dict[str, Any]], target: str) -> dict[str, Any] | None:
     closed = [r for r in runs if r["target"] == target and r["mode"] == "closed"]
     return max(closed, key=lambda r: r["images_per_s"]) if closed else None
 
@@ -82,7 +82,7 @@ def _limit_check(results: dict[str, Any], service_peak: float | None) -> list[di
 def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's acceptance checks from one run's results; `pass` is None when not measured."""
     runs = results["runs"]
-    peak = {name: (_peak(runs, name) or {}).get("images_per_s") for name in _NAMES}
+    peak = {name: (peak_run(runs, name) or {}).get("images_per_s") for name in _NAMES}
     ceiling = http_ceiling(results) if "host" in results else None
     checks = [
         *_limit_check(results, peak["service"]),
@@ -377,7 +377,7 @@ def _cpu_section(results: dict[str, Any], cores: int) -> list[str]:
     rows = [
         (_NAMES[target], peak)
         for target in ("service", "service-b1")
-        if (peak := _peak(results["runs"], target))
+        if (peak := peak_run(results["runs"], target))
     ]
     floor = results.get("http_floor")
     if floor:

@@ -253,7 +253,7 @@ def http_floor(plan: Plan, clients: int) -> dict[str, Any]:
     with targets.launch(
         "http floor", targets.floor_command(), plan.log_dir / "http-floor.log", ready_path="/", timeout_s=60
     ) as running:
-        generator = LoadGenerator(Request(running.url + "/", full_check=False), plan.samples, timeout_s=30)
+        generator = _generator(plan, running.url + "/", full=False)
         return sweep(plan, "http floor", generator, clients=[clients], rates=[], server=running)[0].as_dict()
 
 

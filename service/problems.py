@@ -33,30 +33,6 @@ def is_v2(path: str) -> bool:
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
-def problem(
-    *,
-    status: int,
-    title: str,
-    detail: str,
-    instance: str,
-    request_id: str | None,
-    type_uri: str = "about:blank",
-    headers: dict[str, str] | None = None,
-    extensions: dict[str, Any] | None = None,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        **(extensions or {}),
-        "type": type_uri,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-    }
-    if request_id:
-        body["request_id"] = request_id
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
-
-
 def error_response(
     *,
     status: int,
@@ -73,16 +49,17 @@ def error_response(
     if is_v2(instance):
         # The request id stays in the X-Request-ID header: the protocol's body has one field.
         return JSONResponse({"error": detail}, status_code=_V2_STATUS.get(status, status), headers=headers)
-    return problem(
-        status=status,
-        title=title,
-        detail=detail,
-        instance=instance,
-        request_id=request_id,
-        type_uri=type_uri,
-        headers=headers,
-        extensions=extensions,
-    )
+    body: dict[str, Any] = {
+        **(extensions or {}),
+        "type": type_uri,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
 def _request_id(request: Request) -> str | None:
