@@ -214,10 +214,14 @@ class _Limit:
             self.rates[index].append(rate.images_per_s)
             self.cpu_ms[index].append(rate.cpu_ms_per_image)
 
+    def _best_size(self) -> int:
+        """Index of the service-budget configuration (one per batch size) that was best in the full rounds."""
+        return max(range(len(self.sizes)), key=lambda index: max(self.rates[index], default=0.0))
+
     def paired_round(self) -> float:
         """The service-budget configuration that was best in the full rounds, once more -> images/s. Only
         one configuration, as the service runs one: the best of several windows would lean against it."""
-        best = max(range(len(self.sizes)), key=lambda index: max(self.rates[index], default=0.0))
+        best = self._best_size()
         rate = self._measure(best)
         self.cpu_ms[best].append(rate.cpu_ms_per_image)
         self.paired.append({"configuration": self.variants[best][1].name, "images_per_s": rate.images_per_s})
@@ -241,15 +245,14 @@ class _Limit:
             [entry["images_per_s"] for entry in measured[: len(self.sizes)]]
             + [entry["images_per_s"] for entry in self.paired]
         )
-        # CPU per image of the service-budget configuration the pairs used (else the best one): the work
-        # the service does too, whatever share of the cores the loop kept busy.
-        index = max(range(len(self.sizes)), key=lambda i: max(self.rates[i]))
+        # CPU per image of the service-budget configuration the pairs use: the work the service does too,
+        # whatever share of the cores the loop kept busy.
         return {
             "stages_ms": self.stages,
             "variants": measured,
             "paired": self.paired,
             "images_per_s": best,
-            "cpu_ms_per_image": statistics.median(self.cpu_ms[index]),
+            "cpu_ms_per_image": statistics.median(self.cpu_ms[self._best_size()]),
         }
 
 
