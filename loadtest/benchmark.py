@@ -12,7 +12,10 @@ One invocation, one machine, the same model and images for every target:
    them), each next to the defaults;
 3. the overload checks on the service: 70 % of peak, then 2x peak (only 2xx/503/429, no request past its
    deadline, bounded memory), then back to peak;
-4. a GPU section when a CUDA provider is usable (else skipped, saying why).
+4. the HTTP floor (loadtest/floor_app.py: uvicorn and an app that only reads the body) at the service's
+   peak, and the measured ceiling: the limit's pipeline in a process of its own, alone and beside that
+   floor receiving the films at 0.95 x the limit's rate (loadtest.sweeps.ceiling);
+5. a GPU section when a CUDA provider is usable (else skipped, saying why).
 
 It writes `results.json`, `benchmarks.md` and the throughput-vs-p99 plot (loadtest/report.py). The
 benchmark is a command of its own (minutes); `--quick` is the seconds-long smoke run the tests use.
@@ -218,6 +221,13 @@ class _Limit:
         """Index of the service-budget configuration (one per batch size) that was best in the full rounds."""
         return max(range(len(self.sizes)), key=lambda index: max(self.rates[index], default=0.0))
 
+    def best_pipeline(self) -> tuple[limit.Pipeline, float]:
+        """The service-budget configuration the pairs use, and its images/s as the acceptance check counts
+        it (the median of the paired rounds; the best full round before there are any)."""
+        best = self._best_size()
+        paired = [entry["images_per_s"] for entry in self.paired]
+        return self.variants[best][1], statistics.median(paired) if paired else max(self.rates[best])
+
     def paired_round(self) -> float:
         """The service-budget configuration that was best in the full rounds, once more -> images/s. Only
         one configuration, as the service runs one: the best of several windows would lean against it."""
@@ -341,6 +351,7 @@ def run(plan: Plan) -> dict[str, Any]:
     peak = report.peak_run(results["runs"], "service")
     if peak:  # what stock uvicorn costs per request at the service's peak concurrency
         results["http_floor"] = sweeps.http_floor(plan, int(peak["level"]))
+    results["ceiling"] = sweeps.ceiling(plan, *in_process.best_pipeline())
     results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)
     # Load at the end too: other processes that started during the run took CPU from its figures.

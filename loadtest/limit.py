@@ -5,22 +5,30 @@ preprocess ahead of the consumer while one thread runs batches on a session with
 threads, so decoding overlaps inference exactly as in the service. What the service reaches over HTTP is
 compared with this. The stage timings (one image at a time, one thread) say where the time goes, and the
 variants measure the optimizations the service relies on (DCT-reduced JPEG decoding, the thread split).
+
+`python -m loadtest.limit` runs the same loop in a process of its own, one window per request on stdin
+(`serve_windows`): the benchmark's measured ceiling runs it beside the HTTP floor.
 """
 
 from __future__ import annotations
 
 import collections
+import json
+import pickle
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
 
 import cv2
 import numpy as np
 
 from loadtest.images import Sample
+from service.allocator import retain_freed_memory
 from service.decode import DecodedImage, decode, to_training_scale
 from service.model import OnnxModel
 
@@ -140,3 +148,35 @@ def run_pipeline(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
     return Rate(images / (last - first), 1000.0 * (cpu_last - cpu_first) / images)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What `python -m loadtest.limit` runs: one pipeline on one model, over the given images."""
+
+    model_dir: Path
+    samples: list[Sample]
+    pipeline: Pipeline
+    malloc_retain_mib: int
+
+
+def serve_windows(requests: BinaryIO, answers: BinaryIO) -> None:
+    """The limit in a process of its own, for the benchmark's measured ceiling: a pickled Job first, then
+    one line `[warmup_s, duration_s]` per window; each answered with one JSON line of its Rate. A
+    process of its own so that the HTTP floor beside it shares the cores, not a GIL, with it."""
+    job: Job = pickle.load(requests)
+    retain_freed_memory(job.malloc_retain_mib)  # as `cxr serve` and the in-process limit do
+    model = OnnxModel(
+        job.model_dir, providers=["CPUExecutionProvider"], intra_op_threads=job.pipeline.intra_op_threads
+    )
+    answers.write(b"ready\n")
+    answers.flush()
+    for line in requests:
+        warmup_s, duration_s = json.loads(line)
+        rate = run_pipeline(model, job.samples, job.pipeline, warmup_s=warmup_s, duration_s=duration_s)
+        answers.write(json.dumps(rate._asdict()).encode() + b"\n")
+        answers.flush()
+
+
+if __name__ == "__main__":
+    serve_windows(sys.stdin.buffer, sys.stdout.buffer)

@@ -83,22 +83,9 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The issue's acceptance checks from one run's results; `pass` is None when not measured."""
     runs = results["runs"]
     peak = {name: (peak_run(runs, name) or {}).get("images_per_s") for name in _NAMES}
-    ceiling = http_ceiling(results) if "host" in results else None
     checks = [
         *_limit_check(results, peak["service"]),
-        *(
-            [
-                {
-                    "check": "(for information) about the most a service adding only the HTTP floor could reach: "
-                    "cores x 1000 / ((limit's CPU per image + floor's CPU per request) x limit images/s)",
-                    "value": round(ceiling, 3),
-                    "required": "none",
-                    "pass": "info",
-                }
-            ]
-            if ceiling is not None
-            else []
-        ),
+        *_ceiling_check(results.get("ceiling")),
         _ratio("service peak / best peer", peak["service"], peak["peer"], 1.0),
         _ratio("service peak / naive baseline", peak["service"], peak["naive"], 1.5),
     ]
@@ -350,7 +337,8 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "- Ray Serve: loadtest/peer_ray.py, one replica with `@serve.batch` (same max batch and wait), decoding "
         "and inference on their own threads, the same intra-op thread count.",
         "- HTTP floor: loadtest/floor_app.py under uvicorn's defaults, an ASGI app that reads the body and "
-        "answers a fixed JSON, measured once at the service's peak client count for its CPU time per request.",
+        "answers a fixed JSON, measured once at the service's peak client count for its CPU time per request; and beside the "
+        "limit's pipeline (`python -m loadtest.limit`, a process of its own) for the measured ceiling.",
         "- Load generator: loadtest/loadgen.py (a minimal kept-alive HTTP/1.1 client, loadtest/httpclient.py, on uvloop) in the benchmark process, on the same machine.",
         "",
     ]
@@ -400,36 +388,49 @@ def _cpu_section(results: dict[str, Any], cores: int) -> list[str]:
         parts = " | ".join(f"{run['cpu_ms'][part]:.1f}" for part in parts_names)
         allows = f"{cores * 1000 / total:.1f}" if total > 0 else "-"
         lines.append(f"| {name} | {run['level']:g} | {parts} | {total:.1f} | {allows} |")
-    ceiling = http_ceiling(results)
-    if ceiling is not None and floor:
-        lines += [
-            "",
-            f"The in-process limit spends {results['limit']['cpu_ms_per_image']:.1f} ms of CPU per image (all its "
-            f"threads). A service that added only the HTTP floor's {sum(floor['cpu_ms'].values()):.1f} ms per "
-            f"request to that work could reach about {ceiling:.3f} of the limit on these {cores} cores, if it "
-            "kept every core busy (an estimate; the floor ran at its own, much higher request rate). The rest "
-            "of the gap to the service's figure includes its own HTTP and thread hand-off work and the "
-            "machine's variation from one window to the next.",
-        ]
+    lines += ceiling_paragraph(results.get("ceiling"))
     return [*lines, ""]
 
 
-def http_ceiling(results: dict[str, Any]) -> float | None:
-    """About the most of the in-process limit an HTTP service could reach on these cores if it added
-    nothing but the HTTP floor to the limit's work: cores x 1000 / ((La + F) x R), with La the limit's
-    measured CPU time per image, F the floor's CPU time per request (event loop thread and load generator)
-    and R the limit's images/s as the acceptance check uses it (the median of the paired rounds, else the
-    best). An estimate, not a bound: it assumes the service keeps every core busy, and the floor is
-    measured at its own, much higher request rate. None for results without those figures."""
-    floor, measured = results.get("http_floor"), results.get("limit", {})
-    cpu = measured.get("cpu_ms_per_image")
-    if not floor or not floor.get("cpu_ms") or not cpu:
-        return None
-    paired = [limit for _, limit in _pairs(results)]
-    rate = statistics.median(paired) if paired else measured.get("images_per_s")
-    if not rate:
-        return None
-    return float(results["host"]["cores"] * 1000.0 / ((cpu + sum(floor["cpu_ms"].values())) * rate))
+def _ceiling_check(ceiling: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The measured ceiling (loadtest.sweeps.ceiling) as an information row; none for older results."""
+    if not ceiling:
+        return []
+    shown = ", ".join(f"{pair['beside']:.1f}/{pair['alone']:.1f}" for pair in ceiling["pairs"])
+    return [
+        {
+            "check": "(for information) measured ceiling: the limit's pipeline in its own process beside the HTTP "
+            f"floor receiving the films at {ceiling['fraction']:g} x the limit's images/s, over the same alone "
+            f"(median of {len(ceiling['pairs'])} alternating pairs; beside/alone images/s: {shown})",
+            "value": round(ceiling["ratio"], 3),
+            "required": "none",
+            "pass": "info",
+        }
+    ]
+
+
+def ceiling_paragraph(ceiling: dict[str, Any] | None) -> list[str]:
+    if not ceiling:
+        return []
+    pairs = ceiling["pairs"]
+    loop = statistics.median(pair["floor_cpu_ms"]["event loop thread"] for pair in pairs)
+    generator = statistics.median(pair["floor_cpu_ms"]["load generator"] for pair in pairs)
+    verdict = (
+        f"so a service receiving its films through uvicorn on these cores cannot reach {ceiling['fraction']:g} "
+        "of the limit."
+        if ceiling["ratio"] < ceiling["fraction"]
+        else f"so the HTTP floor alone does not rule out {ceiling['fraction']:g} of the limit here."
+    )
+    return [
+        "",
+        f"Measured ceiling: the limit's pipeline ({ceiling['configuration']}) in a process of its own, alone and "
+        f"beside the HTTP floor receiving the same films at {ceiling['offered_requests_per_s']:.1f} requests/s "
+        f"({ceiling['fraction']:g} x the limit's images/s), in alternating pairs: beside the floor it kept "
+        f"{ceiling['ratio']:.3f} of its rate alone (median). At that rate the floor cost {loop:.1f} ms of event "
+        f"loop CPU and the load generator {generator:.1f} ms per request. A service does both, the limit's work "
+        "for every image and at least the floor's for every request, and shares one GIL between them besides: "
+        + verdict,
+    ]
 
 
 def _variants_section(runs: list[dict[str, Any]]) -> list[str]:

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import pickle
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
@@ -19,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 import psutil
 
-from loadtest import targets
+from loadtest import limit, targets
 from loadtest.loadgen import LoadGenerator, Outcome, Request, Summary, summarise
 
 if TYPE_CHECKING:
@@ -255,6 +260,110 @@ def http_floor(plan: Plan, clients: int) -> dict[str, Any]:
     ) as running:
         generator = _generator(plan, running.url + "/", full=False)
         return sweep(plan, "http floor", generator, clients=[clients], rates=[], server=running)[0].as_dict()
+
+
+CEILING_FRACTION = 0.95
+"""The share of the limit the ceiling's HTTP floor is offered: the service/limit target set for this
+project (0.95), so the measurement says whether any service on this HTTP server could reach it here."""
+
+
+class _LimitProcess:
+    """`python -m loadtest.limit` (loadtest.limit.serve_windows): the limit's pipeline in its own process."""
+
+    def __init__(self, job: limit.Job) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "loadtest.limit"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        if self._process.stdin is None or self._process.stdout is None:  # never: both are PIPE
+            raise RuntimeError("the limit's process has no pipes")
+        self._pipes = self._process.stdin, self._process.stdout
+        pickle.dump(job, self._pipes[0])
+        self._pipes[0].flush()
+        self._expect(b"ready\n")
+
+    def _expect(self, what: bytes) -> bytes:
+        line = self._pipes[1].readline()
+        if not line or not line.endswith(b"\n") or (what and line != what):
+            raise RuntimeError(
+                f"the limit's process answered {line[:200]!r} (exit status {self._process.poll()})"
+            )
+        return line
+
+    def start(self, warmup_s: float, duration_s: float) -> None:
+        self._pipes[0].write(json.dumps([warmup_s, duration_s]).encode() + b"\n")
+        self._pipes[0].flush()
+
+    def result(self) -> limit.Rate:
+        return limit.Rate(**json.loads(self._expect(b"")))
+
+    def close(self) -> None:
+        self._pipes[0].close()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._pipes[1].close()
+
+
+def ceiling(plan: Plan, pipeline: limit.Pipeline, limit_images_per_s: float) -> dict[str, Any]:
+    """The measured ceiling: the limit's pipeline in a process of its own, alone and beside the HTTP floor
+    receiving the same films at CEILING_FRACTION x `limit_images_per_s` requests/s, in alternating pairs.
+
+    A service does at least both at once: the limit's work for every image and the floor's for every
+    request. If the pipeline beside the floor cannot keep up that rate, no service served this way on
+    these cores can reach that share of the limit. The pipeline keeps the floor's process apart from its
+    own GIL, so the figure is if anything generous to a service (which shares one)."""
+    rate = CEILING_FRACTION * limit_images_per_s
+    window_s = plan.warmup_s + plan.duration_s
+    job = limit.Job(plan.model_dir, plan.samples, pipeline, plan.defaults.malloc_retain_mib)
+    pairs: list[dict[str, Any]] = []
+    with targets.launch(
+        "http floor",
+        targets.floor_command(),
+        plan.log_dir / "ceiling-floor.log",
+        ready_path="/",
+        timeout_s=60,
+    ) as floor:
+        generator = _generator(plan, floor.url + "/", full=False)
+        worker = _LimitProcess(job)
+        try:
+            for index in range(max(1, plan.pairs)):
+                measured: dict[str, Any] = {}
+                for beside in (False, True) if index % 2 == 0 else (True, False):
+                    worker.start(plan.warmup_s, plan.duration_s)
+                    if not beside:
+                        measured["alone"] = worker.result().images_per_s
+                        continue
+                    before = _cpu_seconds(floor)
+                    # The floor's load spans the pipeline's whole window, its warm-up included.
+                    outcomes, window = _run(generator.open(rate, warmup_s=0.0, duration_s=window_s + 0.5))
+                    after = _cpu_seconds(floor)
+                    measured["beside"] = worker.result().images_per_s
+                    answered = summarise("http floor", "open", round(rate, 2), outcomes, window)
+                    if answered.error_rate:
+                        raise RuntimeError(
+                            f"the HTTP floor answered errors beside the limit: {answered.errors}"
+                        )
+                    measured["floor_cpu_ms"] = {
+                        part: 1000.0 * (after[part] - before[part]) / len(outcomes) for part in after
+                    }
+                pairs.append(measured)
+                logger.info(
+                    "ceiling: limit alone %.1f, beside the HTTP floor at %.1f requests/s %.1f images/s",
+                    measured["alone"],
+                    rate,
+                    measured["beside"],
+                )
+        finally:
+            worker.close()
+    return {
+        "configuration": pipeline.name,
+        "fraction": CEILING_FRACTION,
+        "offered_requests_per_s": rate,
+        "pairs": pairs,
+        "ratio": statistics.median(pair["beside"] / pair["alone"] for pair in pairs),
+    }
 
 
 def _batching(url: str) -> dict[str, Any]:

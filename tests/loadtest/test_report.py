@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadtest.report import acceptance
+from loadtest.report import acceptance, ceiling_paragraph
 
 
 def _run(
@@ -113,14 +113,30 @@ def test_recovery_compares_with_the_level_measured_just_before_the_overload() ->
     assert check["pass"] is False
 
 
-def test_the_http_floor_estimate_uses_the_limits_measured_cpu_per_image() -> None:
-    # 2 cores, the limit at 50 images/s spending 38 ms of CPU per image (not every core busy: 40 ms would
-    # be), the floor 2 + 1 ms per request: 2000 / (41 ms x 50 images/s).
-    results = _results(host={"cores": 2})
-    results["limit"]["cpu_ms_per_image"] = 38.0
-    results["http_floor"] = {"level": 16, "cpu_ms": {"event loop thread": 2.0, "load generator": 1.0}}
-    check = next(c for c in acceptance(results) if "HTTP floor" in c["check"])
-    assert check["value"] == round(2000 / (41 * 50), 3) and check["pass"] == "info"
-    del results["limit"]["cpu_ms_per_image"]  # results from before the limit measured its CPU: no estimate
-    assert not [c for c in acceptance(results) if "HTTP floor" in c["check"]]
-    assert not [c for c in acceptance(_results(host={"cores": 2})) if "HTTP floor" in c["check"]]
+def test_the_measured_ceiling_is_the_median_of_its_pairs_and_says_what_it_rules_out() -> None:
+    pairs: list[dict[str, Any]] = [
+        {"alone": 48.0, "beside": 44.0, "floor_cpu_ms": {"event loop thread": 2.6, "load generator": 0.7}},
+        {"alone": 47.0, "beside": 45.5, "floor_cpu_ms": {"event loop thread": 2.7, "load generator": 0.8}},
+        {"alone": 47.5, "beside": 44.5, "floor_cpu_ms": {"event loop thread": 2.5, "load generator": 0.6}},
+    ]
+    ratio = sorted(b["beside"] / b["alone"] for b in pairs)[1]
+    ceiling = {
+        "configuration": "service budget, batch 1",
+        "fraction": 0.95,
+        "offered_requests_per_s": 45.0,
+        "pairs": pairs,
+        "ratio": ratio,
+    }
+    results = _results(ceiling=ceiling)
+    check = next(c for c in acceptance(results) if "measured ceiling" in c["check"])
+    assert check["value"] == round(ratio, 3) and check["pass"] == "info"
+    assert "44.0/48.0, 45.5/47.0, 44.5/47.5" in check["check"]
+    paragraph = " ".join(ceiling_paragraph(ceiling))
+    assert "2.6 ms of event loop CPU and the load generator 0.7 ms" in paragraph
+    assert "cannot reach 0.95 of the limit" in paragraph
+    paragraph = " ".join(ceiling_paragraph({**ceiling, "ratio": 0.96}))
+    assert "does not rule out 0.95" in paragraph and "cannot" not in paragraph
+    # Results from before the ceiling was measured: no row, no paragraph.
+    assert not [c for c in acceptance(_results()) if "measured ceiling" in c["check"]]
+    assert ceiling_paragraph(None) == []
+
