@@ -13,8 +13,8 @@ One invocation, one machine, the same model and images for every target:
 3. the overload checks on the service: 70 % of peak, then 2x peak (only 2xx/503/429, no request past its
    deadline, bounded memory), then back to peak;
 4. the HTTP floor (loadtest/floor_app.py: uvicorn and an app that only reads the body) at the service's
-   peak, and the measured ceiling: the limit's pipeline in a process of its own, alone and beside that
-   floor receiving the films at 0.95 x the limit's rate (loadtest.sweeps.ceiling);
+   peak, and what receiving the films costs the limit's work: its pipeline in a process of its own, alone
+   and beside that floor receiving the films at 0.95 x the limit's rate (loadtest.sweeps.beside_floor);
 5. a GPU section when a CUDA provider is usable (else skipped, saying why).
 
 It writes `results.json`, `benchmarks.md` and the throughput-vs-p99 plot (loadtest/report.py). The
@@ -351,7 +351,7 @@ def run(plan: Plan) -> dict[str, Any]:
     peak = report.peak_run(results["runs"], "service")
     if peak:  # what stock uvicorn costs per request at the service's peak concurrency
         results["http_floor"] = sweeps.http_floor(plan, int(peak["level"]))
-    results["ceiling"] = sweeps.ceiling(plan, *in_process.best_pipeline())
+    results["beside_floor"] = sweeps.beside_floor(plan, *in_process.best_pipeline())
     results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)
     # Load at the end too: other processes that started during the run took CPU from its figures.

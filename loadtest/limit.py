@@ -7,7 +7,7 @@ compared with this. The stage timings (one image at a time, one thread) say wher
 variants measure the optimizations the service relies on (DCT-reduced JPEG decoding, the thread split).
 
 `python -m loadtest.limit` runs the same loop in a process of its own, one window per request on stdin
-(`serve_windows`): the benchmark's measured ceiling runs it beside the HTTP floor.
+(`serve_windows`): the benchmark runs it beside the HTTP floor (loadtest.sweeps.beside_floor).
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class Job:
 
 
 def serve_windows(requests: BinaryIO, answers: BinaryIO) -> None:
-    """The limit in a process of its own, for the benchmark's measured ceiling: a pickled Job first, then
+    """The limit in a process of its own, for loadtest.sweeps.beside_floor: a pickled Job first, then
     one line `[warmup_s, duration_s]` per window; each answered with one JSON line of its Rate. A
     process of its own so that the HTTP floor beside it shares the cores, not a GIL, with it."""
     job: Job = pickle.load(requests)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadtest.report import acceptance, ceiling_paragraph
+from loadtest.report import acceptance, beside_floor_paragraph
 
 
 def _run(
@@ -113,30 +113,28 @@ def test_recovery_compares_with_the_level_measured_just_before_the_overload() ->
     assert check["pass"] is False
 
 
-def test_the_measured_ceiling_is_the_median_of_its_pairs_and_says_what_it_rules_out() -> None:
+def test_the_limit_beside_the_floor_is_the_median_of_its_pairs() -> None:
     pairs: list[dict[str, Any]] = [
         {"alone": 48.0, "beside": 44.0, "floor_cpu_ms": {"event loop thread": 2.6, "load generator": 0.7}},
         {"alone": 47.0, "beside": 45.5, "floor_cpu_ms": {"event loop thread": 2.7, "load generator": 0.8}},
         {"alone": 47.5, "beside": 44.5, "floor_cpu_ms": {"event loop thread": 2.5, "load generator": 0.6}},
     ]
     ratio = sorted(b["beside"] / b["alone"] for b in pairs)[1]
-    ceiling = {
+    measured = {
         "configuration": "service budget, batch 1",
         "fraction": 0.95,
         "offered_requests_per_s": 45.0,
         "pairs": pairs,
         "ratio": ratio,
     }
-    results = _results(ceiling=ceiling)
-    check = next(c for c in acceptance(results) if "measured ceiling" in c["check"])
+    check = next(
+        c for c in acceptance(_results(beside_floor=measured)) if "beside the HTTP floor" in c["check"]
+    )
     assert check["value"] == round(ratio, 3) and check["pass"] == "info"
     assert "44.0/48.0, 45.5/47.0, 44.5/47.5" in check["check"]
-    paragraph = " ".join(ceiling_paragraph(ceiling))
+    paragraph = " ".join(beside_floor_paragraph(measured))
     assert "2.6 ms of event loop CPU and the load generator 0.7 ms" in paragraph
-    assert "cannot reach 0.95 of the limit" in paragraph
-    paragraph = " ".join(ceiling_paragraph({**ceiling, "ratio": 0.96}))
-    assert "does not rule out 0.95" in paragraph and "cannot" not in paragraph
-    # Results from before the ceiling was measured: no row, no paragraph.
-    assert not [c for c in acceptance(_results()) if "measured ceiling" in c["check"]]
-    assert ceiling_paragraph(None) == []
-
+    assert f"it kept {ratio:.3f} of its rate alone" in paragraph and "Not a bound" in paragraph
+    # Results from before this was measured: no row, no paragraph.
+    assert not [c for c in acceptance(_results()) if "beside the HTTP floor" in c["check"]]
+    assert beside_floor_paragraph(None) == []
