@@ -277,9 +277,14 @@ class _LimitProcess:
         if self._process.stdin is None or self._process.stdout is None:  # never: both are PIPE
             raise RuntimeError("the limit's process has no pipes")
         self._pipes = self._process.stdin, self._process.stdout
-        pickle.dump(job, self._pipes[0])
-        self._pipes[0].flush()
-        self._expect(b"ready\n")
+        try:
+            pickle.dump(job, self._pipes[0])
+            self._pipes[0].flush()
+            self._expect(b"ready\n")
+        except BaseException:  # no process left behind when it fails to start
+            self._process.kill()
+            self.close()
+            raise
 
     def _expect(self, what: bytes) -> bytes:
         line = self._pipes[1].readline()
@@ -297,7 +302,8 @@ class _LimitProcess:
         return limit.Rate(**json.loads(self._expect(b"")))
 
     def close(self) -> None:
-        self._pipes[0].close()
+        with contextlib.suppress(OSError):  # a process that died leaves a broken pipe
+            self._pipes[0].close()
         try:
             self._process.wait(timeout=30)
         except subprocess.TimeoutExpired:
