@@ -86,9 +86,7 @@ def sweep(
         after = _cpu_seconds(server)
         summaries.append(summarise(name, "closed", count, outcomes, window))
         if server is not None and outcomes:
-            summaries[-1].cpu_ms = {
-                part: 1000.0 * (after[part] - before[part]) / len(outcomes) for part in after
-            }
+            summaries[-1].cpu_ms = _cpu_ms_per_request(before, after, len(outcomes))
         _log(summaries[-1])
     for rate in rates:
         outcomes, window = _run(generator.open(rate, warmup_s=plan.warmup_s, duration_s=plan.duration_s))
@@ -110,6 +108,11 @@ def _cpu_seconds(server: targets.Target | None) -> dict[str, float]:
         "worker threads": sum(threads.values()) - threads.get(process.pid, 0.0),
         "load generator": own.user + own.system,
     }
+
+
+def _cpu_ms_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request of each part of `_cpu_seconds`, between two of its readings."""
+    return {part: 1000.0 * (after[part] - before[part]) / requests for part in after}
 
 
 async def _with_memory(
@@ -351,9 +354,7 @@ def beside_floor(plan: Plan, pipeline: limit.Pipeline, limit_images_per_s: float
                         raise RuntimeError(
                             f"the HTTP floor answered errors beside the limit: {answered.errors}"
                         )
-                    measured["floor_cpu_ms"] = {
-                        part: 1000.0 * (after[part] - before[part]) / len(outcomes) for part in after
-                    }
+                    measured["floor_cpu_ms"] = _cpu_ms_per_request(before, after, len(outcomes))
                 pairs.append(measured)
                 logger.info(
                     "limit alone %.1f, beside the HTTP floor at %.1f requests/s %.1f images/s",
