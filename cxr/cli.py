@@ -40,7 +40,7 @@ class Command:
 
 COMMANDS = (
     Command("serve", "run the HTTP service (uvicorn) on the model repository", "service.server"),
-    Command("predict", "classify image files without a server", "export.predict"),
+    Command("predict", "classify image files without a server", "service.predict"),
     Command(
         "pacs",
         "classify radiographs from a PACS (DICOMweb, DIMSE or a listener), write DICOM back",

@@ -30,8 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 from export.dataset import read_manifest
 from export.evaluate import select_rows
 from export.metrics import choose_threshold, expected_calibration_error
-from service.decode import decode_file
-from service.model import MODEL_FILE, OnnxModel, sha256_file
+from service.imaging.decode import decode_file
+from service.inference.model import MODEL_FILE, OnnxModel, sha256_file
 
 logger = logging.getLogger(__name__)
 

@@ -235,7 +235,7 @@ def _domain_lines(card: dict[str, Any]) -> list[str]:
         "## Input-domain check (what the model was not made for)",
         "",
         "Every image, in every path (service, `cxr predict`, `cxr evaluate`, PACS), is checked before it is",
-        "classified (`service/domain.py`): its size (shorter side >= "
+        "classified (`service/imaging/input_check.py`): its size (shorter side >= "
         f"{thresholds['min_side']} px), its colour (at most {_pct(thresholds['max_colour_fraction'])} coloured pixels),",
         f"the view model `{domain['file']}` (sha256 `{card['files'].get(domain['file'], '?')}`, a small CNN on the",
         f"border-trimmed image at {domain['input_size']} px: upright / turned 90, 180, 270 / inverted / mirrored / not a",

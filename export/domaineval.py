@@ -1,4 +1,4 @@
-"""`cxr evaluate-domain`: measure the input-domain check (service.domain) where it was not fitted.
+"""`cxr evaluate-domain`: measure the input-domain check (service.imaging.input_check) where it was not fitted.
 
 Three sets, every image as encoded bytes through the service's own decode and `OnnxModel.prepare()`:
 
@@ -33,15 +33,15 @@ import numpy as np
 
 from export.dataset import read_manifest, read_split
 from export.negatives import HELD_OUT_KINDS, colour_mapped, generate
-from service.decode import _jpeg_components, decode, decode_file
-from service.domain import make_view
 from service.errors import CxrError
-from service.model import OnnxModel, load_default
+from service.imaging.decode import _jpeg_components, decode, decode_file
+from service.imaging.input_check import make_view
+from service.inference.model import OnnxModel, load_default
 
 logger = logging.getLogger(__name__)
 
 TRANSFORMS: dict[str, int] = {
-    # name: the view class (service.domain.VIEW_CLASSES) the copy is in; the check should undo it
+    # name: the view class (service.imaging.input_check.VIEW_CLASSES) the copy is in; the check should undo it
     "turned 90 clockwise": 1,
     "upside down (turned 180)": 2,
     "turned 90 counter-clockwise": 3,
@@ -84,9 +84,9 @@ def _verdict(model: OnnxModel, data: bytes) -> tuple[Any, float | None]:
         decoded = decode(data)
     except CxrError:
         return None, None
-    tensor, geometry = model.prepare(decoded)
+    tensor, _, verdict = model.prepare(decoded)
     probabilities, _ = model.run(tensor[None])
-    return geometry.domain, float(probabilities[0, model.positive_index])
+    return verdict, float(probabilities[0, model.positive_index])
 
 
 def _tally(verdicts: list[Any]) -> dict[str, Any]:

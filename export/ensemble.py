@@ -23,8 +23,8 @@ import numpy as np
 
 from export.dataset import read_manifest, read_split
 from export.metrics import auroc, choose_threshold
-from service.model import SEGMENTER_FILE, Segmenter, sha256_file
-from service.preprocess import PreprocessSpec
+from service.imaging.preprocess import PreprocessSpec
+from service.inference.model import SEGMENTER_FILE, Segmenter, sha256_file
 
 logger = logging.getLogger(__name__)
 MEMBERS_DIR = "members"

@@ -26,15 +26,18 @@ import numpy as np
 
 from export.dataset import ManifestError, Row, read_manifest, read_split
 from export.metrics import by_group, origin_gap_with_ci, summarize
-from service.decode import decode_file
 from service.errors import CxrError
-from service.model import OnnxModel, load_default
-from service.overlay import blend
-from service.preprocess import Geometry, cam_levels
+from service.imaging.decode import decode_file
+from service.imaging.input_check import DomainVerdict
+from service.imaging.overlay import cam_overlay
+from service.imaging.preprocess import Geometry
+from service.inference.decision import NOTICE as RESEARCH_USE
+from service.inference.decision import label_for_score
+from service.inference.model import OnnxModel, load_default
 
 logger = logging.getLogger(__name__)
 
-NOTICE = "RESEARCH USE ONLY - not for diagnosis. Metrics describe this data set, not clinical performance."
+NOTICE = f"{RESEARCH_USE} Metrics describe this data set, not clinical performance."
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +57,7 @@ class Scored:
     cam: np.ndarray | None
     pixels: np.ndarray
     geometry: Geometry
+    domain: DomainVerdict
 
 
 def score_rows(
@@ -78,12 +82,12 @@ def score_rows(
             errors.append({"file": row.file, "error": f"{type(value).__name__}: {value}"})
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
-        batch = np.stack([tensor for _, (_, tensor, _) in chunk])
+        batch = np.stack([tensor for _, (_, tensor, _, _) in chunk])
         probabilities, cams = model.run(batch)
-        for index, (row, (pixels, _, geometry)) in enumerate(chunk):
+        for index, (row, (pixels, _, geometry, verdict)) in enumerate(chunk):
             cam = cams[index] if cams is not None else None
             scored.append(
-                Scored(row, float(probabilities[index, model.positive_index]), cam, pixels, geometry)
+                Scored(row, float(probabilities[index, model.positive_index]), cam, pixels, geometry, verdict)
             )
     return scored, errors
 
@@ -159,9 +163,9 @@ def evaluate(model: OnnxModel, rows: Sequence[Row], out: Path) -> dict[str, Any]
                     s.row.label,
                     s.row.source,
                     f"{s.score:.6f}",
-                    model.card.positive_label if s.score >= threshold else "non-covid",
+                    label_for_score(s.score, model.card),
                     s.geometry.lung_crop,
-                    s.geometry.domain.verdict if s.geometry.domain else "",
+                    s.domain.verdict,
                 ]
             )
     _write_report(metrics, out / "classification_report.txt")
@@ -179,9 +183,7 @@ def _domain_summary(scored: Sequence[Scored]) -> dict[str, Any]:
     verdicts = {"in": 0, "corrected": 0, "out": 0}
     named: list[dict[str, str]] = []
     for s in scored:
-        domain = s.geometry.domain
-        if domain is None:
-            continue
+        domain = s.domain
         verdicts[domain.verdict] += 1
         if domain.verdict != "in":
             named.append({"file": s.row.file, "verdict": domain.verdict, "reasons": domain.summary})
@@ -305,16 +307,6 @@ def _plot_confusion(matrix: list[list[int]], path: Path) -> None:
     plt.close(figure)
 
 
-def overlay(pixels: np.ndarray, cam: np.ndarray, geometry: Geometry, alpha: float = 0.45) -> np.ndarray:
-    """BGR image: the decoded X-ray with the positive-class CAM (scaled to its own max) as a heat overlay."""
-    heat, _ = cam_levels(cam, geometry)  # the levels /v1/classify?heatmap=true returns
-    mixed = blend(pixels, heat, opacity=alpha)  # the one overlay, also drawn into the PACS's SC
-    if not geometry.turns % 4:  # the box is on the turned-back film's grid otherwise
-        x0, y0, x1, y1 = geometry.box
-        cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
-    return mixed
-
-
 def cam_grid(scored: Sequence[Scored], path: Path, per_cell: int = 4, tile: int = 160) -> None:
     """A grid of CAM overlays: one row per (origin, label), `per_cell` images each, score in the corner."""
     cells: dict[tuple[str, str], list[Scored]] = {}
@@ -325,7 +317,7 @@ def cam_grid(scored: Sequence[Scored], path: Path, per_cell: int = 4, tile: int 
         tiles = []
         for s in members[:per_cell]:
             image = (
-                cv2.resize(overlay(s.pixels, s.cam, s.geometry), (tile, tile))
+                cv2.resize(cam_overlay(s.pixels, s.cam, s.geometry), (tile, tile))
                 if s.cam is not None
                 else np.zeros((tile, tile, 3), np.uint8)
             )

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from export.dataset import read_manifest, split_by_patient
-from service.decode import decode_file
-from service.preprocess import PreprocessSpec, segmenter_input, trim_borders
+from service.imaging.decode import decode_file
+from service.imaging.preprocess import PreprocessSpec, segmenter_input, trim_borders
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _pairs(masks_csv: Path, allowed: set[str]) -> list[tuple[Path, Path]]:
 
 
 def _example(image_path: Path, mask_path: Path, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """The segmenter sees what `service.preprocess.lung_box` gives it: the border-trimmed image."""
+    """The segmenter sees what `service.imaging.preprocess.lung_box` gives it: the border-trimmed image."""
     pixels = decode_file(str(image_path)).pixels
     mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
     if mask is None or mask.shape != pixels.shape:

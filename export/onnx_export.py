@@ -20,8 +20,8 @@ import numpy as np
 from export.dataset import read_manifest, read_split
 from export.tf_onnx import OPSET, ParityError, export_function
 from export.triton import write_config
-from service.model import CARD_FILE, MODEL_FILE, SEGMENTER_FILE, Segmenter, sha256_file
-from service.preprocess import PreprocessSpec
+from service.imaging.preprocess import PreprocessSpec
+from service.inference.model import CARD_FILE, MODEL_FILE, SEGMENTER_FILE, Segmenter, sha256_file
 
 logger = logging.getLogger(__name__)
 

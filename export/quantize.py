@@ -23,8 +23,8 @@ import numpy as np
 from export.card import render_card
 from export.dataset import read_manifest, read_split
 from export.metrics import auroc
-from service.decode import decode_file
-from service.model import CARD_FILE, MODEL_FILE, OnnxModel, load_default, sha256_file
+from service.imaging.decode import decode_file
+from service.inference.model import CARD_FILE, MODEL_FILE, OnnxModel, load_default, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _tensors(model: OnnxModel, paths: list[Path]) -> np.ndarray:
-    return np.stack([model.prepare(decode_file(str(p)).pixels)[0] for p in paths])
+    return np.stack([model.prepare(decode_file(str(p)))[0] for p in paths])
 
 
 def _speed(path: Path, tensors: np.ndarray, batch: int, threads: int = 2, seconds: float = 3.0) -> float:

@@ -45,8 +45,8 @@ from export.dataset import (
     write_split,
 )
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
-from service.decode import decode_file
-from service.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
+from service.imaging.decode import decode_file
+from service.imaging.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def load_examples(
 
 
 def training_tensor(example: Example, spec: PreprocessSpec) -> np.ndarray:
-    """Unaugmented training input: the same function calls as `service.preprocess.preprocess`."""
+    """Unaugmented training input: the same function calls as `service.imaging.preprocess.preprocess`."""
     return crop_and_finish(example.pixels, example.geometry, spec)
 
 
@@ -349,7 +349,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     import keras
 
     from export.architectures import REGISTRY, build
-    from service.model import Segmenter
+    from service.inference.model import Segmenter
 
     model_seed = args.seed if args.model_seed is None else args.model_seed
     keras.utils.set_random_seed(model_seed)

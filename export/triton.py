@@ -96,7 +96,7 @@ def _versions(model_root: Path) -> list[Path]:
 
 
 def _default_preferred(max_batch_size: int) -> list[int]:
-    # The service pads batches to powers of two and the maximum (service/batcher.py): ask Triton's dynamic
+    # The service pads batches to powers of two and the maximum (service/inference/batcher.py): ask Triton's dynamic
     # batcher for the same shapes.
     sizes = {size for size in (2**power for power in range(1, 16)) if size <= max_batch_size}
     return sorted(sizes | ({max_batch_size} if max_batch_size > 1 else set()))

@@ -1,6 +1,6 @@
 """`cxr train-view`: the input-domain check's view model, and the thresholds it is used with.
 
-A small CNN sees the border-trimmed image at 64 px (service.domain.view_input) and answers one of 17
+A small CNN sees the border-trimmed image at 64 px (service.imaging.input_check.view_input) and answers one of 17
 classes: an upright film, the same film turned 90, 180 or 270 degrees, each of those inverted, each of
 those eight mirrored left-right, or "not a chest radiograph". Labels are free: the films are the
 classifier's *training* split, mirrored, turned and inverted here (with small rotations, zoom, gamma and
@@ -32,18 +32,18 @@ import numpy as np
 
 from export.dataset import read_manifest, read_split
 from export.negatives import FIT_KINDS, generate, shuffled_tiles
-from service.decode import decode_file
-from service.domain import (
+from service.imaging.decode import decode_file
+from service.imaging.input_check import (
     FILM_CLASSES,
     NOT_RADIOGRAPH,
     VIEW_CLASSES,
     DomainSpec,
-    ViewModel,
     lung_problem,
     make_view,
 )
-from service.model import OnnxModel
-from service.preprocess import PreprocessSpec, finish, preprocess, trim_borders
+from service.imaging.preprocess import PreprocessSpec, finish, preprocess, trim_borders
+from service.inference.model import OnnxModel
+from service.inference.view_model import ViewModel
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def choose_thresholds(
 def install(out: Path, model_dir: Path, report: dict[str, Any]) -> None:
     """Copy view.onnx into the model version and record it (sha256, thresholds, training) in the card."""
     from export.card import render_card
-    from service.model import sha256_file
+    from service.inference.model import sha256_file
 
     shutil.copyfile(out / "view.onnx", model_dir / "view.onnx")
     card_path = model_dir / "card.json"

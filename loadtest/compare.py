@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest import sweeps
-from loadtest.benchmark import ROOT, Plan, bench_samples
-from service.model import load_default
+from loadtest.benchmark import ROOT, bench_samples
+from loadtest.plan import Plan
+from service.inference.model import load_default
 
 
 @dataclass

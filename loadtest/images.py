@@ -19,8 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from service.decode import ImageFormat, decode, sniff_format
 from service.errors import CxrError
+from service.imaging.decode import decode, sniff_format
+from service.imaging.pixels import ImageFormat
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,10 @@ import cv2
 import numpy as np
 
 from loadtest.images import Sample
-from service.allocator import retain_freed_memory
-from service.decode import DecodedImage, decode, to_training_scale
-from service.model import OnnxModel
+from service.imaging.decode import decode
+from service.imaging.pixels import DecodedImage, to_training_scale
+from service.inference.allocator import retain_freed_memory
+from service.inference.model import OnnxModel
 
 Decoder = Callable[[bytes], DecodedImage]
 
@@ -107,7 +108,7 @@ def run_pipeline(
     process's CPU time per image over the same window."""
 
     def prepare(sample: Sample) -> np.ndarray:
-        tensor, _ = model.prepare(pipeline.decoder(sample.data))
+        tensor, _, _ = model.prepare(pipeline.decoder(sample.data))
         return tensor
 
     counter = iter(range(1 << 62))

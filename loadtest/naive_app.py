@@ -9,7 +9,7 @@ Decoding (CXR_NAIVE_DECODE):
   converts it to grayscale, as the first version of an app does; then the model's own contract
   (shrink to the training scale with INTER_AREA, trim, lung crop, CLAHE: OnnxModel.prepare) runs, so
   the answers are the same classification, not a cheaper pipeline.
-- `service`: the service's decoder (service.decode: DCT-domain reduced JPEG decoding, header checks).
+- `service`: the service's decoder (service.imaging.decode: DCT-domain reduced JPEG decoding, header checks).
   The benchmark runs this too, so the gain of the serving design alone and of the decoder are told apart.
 
     CXR_NAIVE_MODEL=models/cxr-compact/1 uvicorn loadtest.naive_app:app --port 8001
@@ -27,9 +27,11 @@ import onnxruntime as ort
 from fastapi import Body, FastAPI, HTTPException
 from PIL import Image
 
-from service.decode import decode, to_training_scale
 from service.errors import CxrError
-from service.model import MODEL_FILE, OnnxModel, load_default
+from service.imaging.decode import decode
+from service.imaging.pixels import DecodedImage, ImageFormat, to_training_scale
+from service.inference.decision import label_for
+from service.inference.model import MODEL_FILE, OnnxModel, load_default
 
 _model: OnnxModel = load_default(os.environ.get("CXR_NAIVE_MODEL") or None)
 # The model file was verified by load_default; this is the plain session the ONNX Runtime docs show.
@@ -41,16 +43,18 @@ if _decode_mode not in ("full", "service"):
     raise SystemExit(f"CXR_NAIVE_DECODE must be 'full' or 'service', not {_decode_mode!r}")
 
 
-def _pixels(body: bytes) -> np.ndarray:
+def _decoded(body: bytes) -> DecodedImage:
     """8-bit grayscale at the training scale, by the decoder this instance was started with."""
     if _decode_mode == "service":
-        return decode(body).pixels
+        return decode(body)
     try:
         with Image.open(io.BytesIO(body)) as image:
+            fmt: ImageFormat = "png" if image.format == "PNG" else "jpeg"
             gray = np.asarray(image.convert("L"))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise HTTPException(400, f"not a readable image: {type(error).__name__}") from None
-    return to_training_scale(gray)
+    # A first app converts to grayscale and keeps no colour measure: the input check's colour step sees 0.
+    return DecodedImage(to_training_scale(gray), fmt, gray.shape[0], gray.shape[1], colour_fraction=0.0)
 
 
 app = FastAPI(title="naive baseline (benchmark only)")
@@ -64,18 +68,16 @@ def healthz() -> dict[str, str]:
 @app.post("/classify")
 def classify(body: bytes = Body(..., media_type="application/octet-stream")) -> dict[str, Any]:
     try:
-        tensor, _ = _model.prepare(_pixels(body))
+        tensor, _, _ = _model.prepare(_decoded(body))
     except CxrError as error:
         raise HTTPException(error.status, error.detail) from None
     outputs = dict(zip(_outputs, _session.run(None, {_input: tensor[None]}), strict=True))
     probabilities: np.ndarray = outputs["probabilities"][0]
     card = _model.card
-    positive = float(probabilities[_model.positive_index])
-    negative = next(label for label in card.labels if label != card.positive_label)
     return {
         "results": [
             {
-                "label": card.positive_label if positive >= card.threshold else negative,
+                "label": label_for(probabilities, card),
                 "probabilities": dict(zip(card.labels, map(float, probabilities), strict=True)),
                 "threshold": card.threshold,
             }

@@ -1,5 +1,5 @@
 """The peer framework for the benchmark: Ray Serve with `@serve.batch`, on the same ONNX model and the
-same preprocessing as the service (service.decode + OnnxModel.prepare/run).
+same preprocessing as the service (service.imaging.decode + OnnxModel.prepare/run).
 
 Set up the way Ray's documentation recommends for batching, and given the service's advantages so the
 comparison is about the framework: one replica, `max_ongoing_requests` high enough for batches to form,
@@ -31,7 +31,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a 
 import ray  # after the environment it reads at import
 from ray import serve
 
-from service.cpus import usable_cpus
+from service.inference.cpus import usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class Classifier:
     def __init__(
         self, model_dir: str, max_batch_size: int, max_delay_s: float, intra_op_threads: int
     ) -> None:
-        from service.decode import decode
-        from service.model import OnnxModel
+        from service.imaging.decode import decode
+        from service.inference.model import OnnxModel
 
         self._decode = decode
         self.model = OnnxModel(
@@ -60,7 +60,7 @@ class Classifier:
             self.model.run(np.zeros((batch, size, size, 1), dtype=np.float32))
 
     def _prepare(self, data: bytes) -> np.ndarray:
-        tensor, _ = self.model.prepare(self._decode(data).pixels)
+        tensor, _, _ = self.model.prepare(self._decode(data))
         return tensor
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)

@@ -332,7 +332,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         "- naive baseline: loadtest/naive_app.py, a synchronous FastAPI route that decodes the whole image with "
         "Pillow, applies the model's preprocessing (OnnxModel.prepare) and calls `session.run` per request on a "
         "default ONNX Runtime session (no batching, no queue bound).",
-        "- naive + the service's decoder: the same app with CXR_NAIVE_DECODE=service (service.decode, DCT-reduced "
+        "- naive + the service's decoder: the same app with CXR_NAIVE_DECODE=service (service.imaging.decode, DCT-reduced "
         "JPEG decoding): the service's gain over it is the serving design's share alone.",
         "- Ray Serve: loadtest/peer_ray.py, one replica with `@serve.batch` (same max batch and wait), decoding "
         "and inference on their own threads, the same intra-op thread count.",

@@ -19,16 +19,14 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import psutil
 
 from loadtest import limit, targets
 from loadtest.loadgen import LoadGenerator, Outcome, Request, Summary, summarise
-
-if TYPE_CHECKING:
-    from loadtest.benchmark import Plan
+from loadtest.plan import Plan
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

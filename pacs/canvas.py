@@ -5,7 +5,7 @@ Burned In Annotation YES):
 
     header  RESEARCH USE ONLY - NOT FOR DIAGNOSIS (white on red), then the result lines
     image   the radiograph at full field of view with the class activation map blended over it
-            (service.overlay.blend: the same overlay `cxr predict --heatmap` draws)
+            (service.imaging.overlay.blend: the same overlay `cxr predict --heatmap` draws)
     footer  the colour legend, the model lines, and the caution again
 
 The caution is at both ends, so no crop that keeps any of the radiograph removes it from both. Narrow
@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from service.overlay import blend, colorize
+from service.imaging.overlay import blend, colorize
 
 CAUTION = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 MIN_WIDTH = 512

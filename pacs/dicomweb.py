@@ -3,7 +3,7 @@
 Works with any conformant origin server (Orthanc's DICOMweb plugin, dcm4chee-arc, Google Cloud Healthcare,
 ...): basic or bearer authentication, TLS verification on by default. Retrieval asks for the stored
 transfer syntax (`transfer-syntax=*`, PS3.18 8.7.3.5.2) so the server does not transcode, and the
-decoder in service.dicom handles the compressed ones.
+decoder in service.imaging.dicom handles the compressed ones.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import httpx
 from pacs.client import raise_for_status, transport_error
 from pacs.retry import Backoff, Permanent, retry
 from pacs.source import InstanceRef, Query
-from service.dicom import CHEST_BODY_PARTS
+from service.imaging.dicom import CHEST_BODY_PARTS
 
 logger = logging.getLogger(__name__)
 

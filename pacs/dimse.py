@@ -49,7 +49,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from pacs.retry import Backoff, Permanent, Transient, retry
 from pacs.source import InstanceRef, Query
-from service.dicom import CHEST_BODY_PARTS
+from service.imaging.dicom import CHEST_BODY_PARTS
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ TRANSFER_SYNTAXES = (
     JPEG2000,
     RLELossless,
 )
-"""What service.dicom decodes; proposed one per context so nothing needs transcoding."""
+"""What service.imaging.dicom decodes; proposed one per context so nothing needs transcoding."""
 
 _PENDING = (0xFF00, 0xFF01)
 

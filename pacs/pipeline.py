@@ -30,8 +30,8 @@ from pacs.sc import Look, build_not_analysed_sc, build_sc, reference_header
 from pacs.source import InstanceRef, Sink
 from pacs.sr import build_sr, encode, header
 from pacs.state import Record, StateStore
-from service.decode import display_dicom
 from service.errors import CxrError
+from service.imaging.decode import display_dicom
 
 logger = logging.getLogger(__name__)
 

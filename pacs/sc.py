@@ -2,10 +2,10 @@
 
 Most PACS viewers show an SR as a text page if at all; an image series is seen where the radiologist
 already looks. One SC per classified radiograph:
-- pixels (pacs.canvas): the radiograph as the service decodes it (service.decode.display_dicom: the same
+- pixels (pacs.canvas): the radiograph as the service decodes it (service.imaging.decode.display_dicom: the same
   Modality LUT -> VOI -> MONOCHROME1 path, full field of view, not the lung crop) at most `max_size` px on
   its longer side, the class activation map from /v1/classify?heatmap=true blended over it in colour
-  (service.overlay.blend), a legend, the result, the model's name, version and sha256, and the caution
+  (service.imaging.overlay.blend), a legend, the result, the model's name, version and sha256, and the caution
   at both ends; RGB, 8 bits, uncompressed (Explicit VR Little Endian: every viewer renders it);
 - same patient and study as the source (copied from its header), its own series (number 7702) whose
   description says what it is; Image Type DERIVED\\SECONDARY, Burned In Annotation YES (C.7.6.1.1.3),
@@ -99,7 +99,7 @@ def heat_levels(png: bytes) -> np.ndarray:
 
 def build_sc(source: Dataset, gray: np.ndarray, result: Classification, look: Look) -> tuple[Dataset, Layout]:
     """The heatmap SC of one classified image; `source` needs only its header, `gray` is the radiograph
-    at the SC's size (service.decode.display_dicom)."""
+    at the SC's size (service.imaging.decode.display_dicom)."""
     heat = None
     if result.heatmap is not None:
         heat = Heat(heat_levels(result.heatmap), look.colormap, look.opacity)

@@ -88,7 +88,7 @@ class InvalidParameter(CxrError):
 
 
 class NotAChestRadiograph(CxrError):
-    """The input-domain check (service.domain) found the image is not a frontal chest radiograph the model
+    """The input-domain check (service.imaging.input_check) found the image is not a frontal chest radiograph the model
     was made for. The problem body carries the verdict as `domain`; `detail` says why."""
 
     status = 422

@@ -94,7 +94,7 @@ class Metrics:
 
 
 class BatchMetrics:
-    """Implements `service.batcher.BatchObserver` for one model."""
+    """Implements `service.inference.batcher.BatchObserver` for one model."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         self._batch_size = metrics.batch_size.labels(model=model)

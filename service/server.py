@@ -13,16 +13,19 @@ import logging
 import signal
 import socket
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
-from service.allocator import retain_freed_memory
-from service.app import begin_drain, create_app
+from service.api.app import begin_drain, create_app
 from service.flags import report_invalid
-from service.model import ModelCard, ModelIntegrityError, find_versions, verify_files
+from service.inference.allocator import retain_freed_memory
+from service.inference.model import ModelCard, ModelIntegrityError, find_versions, verify_files
 from service.settings import Settings, add_cli_flags, from_cli
+
+if TYPE_CHECKING:  # the app itself comes from service.api, the HTTP layer
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def run(settings: Settings) -> int:
     except ModelIntegrityError as error:
         logger.error("refusing to start: %s", error)
         return 3
-    # Before the models load and the first body arrives: see service/allocator.py for what it saves.
+    # Before the models load and the first body arrives: see service/inference/allocator.py for what it saves.
     retain_freed_memory(settings.malloc_retain_mib)
     app = create_app(settings)
     config = uvicorn.Config(
@@ -72,7 +75,7 @@ def run(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,  # service.middleware logs each request with its id and route template
+        access_log=False,  # service.api.middleware logs each request with its id and route template
         lifespan="on",
         timeout_graceful_shutdown=int(settings.drain_timeout_s + _RESPONSE_GRACE_S + 0.999),
         server_header=False,

@@ -15,11 +15,11 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from service.cpus import usable_cpus
-from service.decode import DEFAULT_MAX_PIXELS
-from service.dicom import DicomPolicy
 from service.flags import add_flags, from_flags, split_commas
-from service.model import default_repository, find_versions
+from service.imaging.decode import DEFAULT_MAX_PIXELS
+from service.imaging.dicom import DicomPolicy
+from service.inference.cpus import usable_cpus
+from service.inference.model import default_repository, find_versions
 
 CommaList = Annotated[list[str], NoDecode]
 _SHA256_KEY = re.compile(r"sha256:[0-9a-f]{64}")
@@ -132,7 +132,7 @@ class Settings(BaseSettings):
 
     @property
     def dicom_policy(self) -> DicomPolicy:
-        """Which DICOM images the decoder accepts (service.dicom)."""
+        """Which DICOM images the decoder accepts (service.imaging.dicom)."""
         return DicomPolicy(
             modalities=frozenset(modality.upper() for modality in self.dicom_modalities),
             check_body_part=self.dicom_check_body_part,

@@ -1,6 +1,6 @@
 """A tiny ONNX classifier with a real model card, built with `onnx.helper` alone (no TensorFlow).
 
-It follows the graph contract in `service/model.py`: input `image` (N, S, S, 1) float32 with a dynamic
+It follows the graph contract in `service/inference/model.py`: input `image` (N, S, S, 1) float32 with a dynamic
 batch; outputs `probabilities` (N, 2) over ["non-covid", "covid"] and `cam` (N, S/P, S/P). The positive
 logit is spatially local brightness: `cam = gain * (avgpool_P(image) - offset)` and
 `p(covid) = sigmoid(mean(cam))`, so a bright blob raises p(covid) and the CAM peaks on the blob
@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from service.preprocess import PreprocessSpec
+from service.imaging.preprocess import PreprocessSpec
 
 LABELS = ["non-covid", "covid"]
 

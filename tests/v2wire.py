@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from service.decode import decode
-from service.model import OnnxModel, find_versions
+from service.imaging.decode import decode
+from service.inference.model import OnnxModel, find_versions
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -19,7 +19,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 def tensor_for(model_dir: Path, images: list[bytes]) -> np.ndarray:
     """The (N, S, S, 1) float32 tensor /v1/classify feeds the newest model for these encoded images."""
     model = OnnxModel(find_versions(model_dir)[-1])
-    return np.stack([model.prepare(decode(image).pixels)[0] for image in images])
+    return np.stack([model.prepare(decode(image))[0] for image in images])
 
 
 def tensor_json(tensor: np.ndarray, name: str = "image", **extra: Any) -> dict[str, Any]:

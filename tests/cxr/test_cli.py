@@ -71,7 +71,7 @@ def test_a_command_without_its_extra_says_so_in_one_line(name: str) -> None:
 def test_an_unexpected_error_exits_70_with_one_logged_traceback() -> None:
     """A bug must not look like a condition to retry (the compose pacs loop retries 1 and 3 only)."""
     code = (
-        "import sys, export.predict as p; from cxr.cli import main\n"
+        "import sys, service.predict as p; from cxr.cli import main\n"
         "def boom(*a, **k): raise RuntimeError('boom')\n"
         "p.load_default = boom\n"
         "sys.exit(main(['predict', 'x.png']))"

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from pacs.settings import PacsSettings, add_cli_flags, from_cli
-from service.app import create_app
+from service.api.app import create_app
 from service.server import _RESPONSE_GRACE_S
 from service.settings import Settings
 from tests.tinymodel import make_tiny_model

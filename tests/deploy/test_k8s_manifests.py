@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.app import create_app
+from service.api.app import create_app
 from service.metrics import Metrics
 from service.server import _RESPONSE_GRACE_S
 from service.settings import Settings

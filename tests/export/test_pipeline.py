@@ -16,7 +16,7 @@ pytest.importorskip("tensorflow", reason="the [train] extra is not installed")
 
 from cxr.cli import main as cxr
 from export.dataset import read_manifest, read_split
-from service.model import OnnxModel
+from service.inference.model import OnnxModel
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,9 @@ def test_exported_graph_has_named_io_dynamic_batch_and_metadata(exported: Path) 
 def test_cam_is_exact_for_the_gap_head(exported: Path, synthetic_manifest: Path) -> None:
     model = OnnxModel(exported / "repo" / "tiny" / "3")
     rows = read_manifest(synthetic_manifest)[:8]
-    from service.decode import decode_file
+    from service.imaging.decode import decode_file
 
-    batch = np.stack([model.prepare(decode_file(str(r.path)).pixels)[0] for r in rows])
+    batch = np.stack([model.prepare(decode_file(str(r.path)))[0] for r in rows])
     probabilities, cam = model.run(batch)
     assert cam is not None
     # mean(cam) + bias = logit; recover the bias from one image and check it holds for all.
@@ -225,10 +225,10 @@ def test_ensemble_of_runs_on_one_split_exports_with_parity_and_an_exact_cam(
     # The ensemble's answer differs from each member's: it really combines both.
     model = OnnxModel(repo / "tiny-ensemble" / "1")
     single = OnnxModel(exported / "repo" / "tiny" / "3")
-    from service.decode import decode_file
+    from service.imaging.decode import decode_file
 
     rows = read_manifest(synthetic_manifest)[:8]
-    batch = np.stack([model.prepare(decode_file(str(r.path)).pixels)[0] for r in rows])
+    batch = np.stack([model.prepare(decode_file(str(r.path)))[0] for r in rows])
     probabilities, cam = model.run(batch)
     assert cam is not None
     assert not np.allclose(probabilities, single.run(batch)[0], atol=1e-6)

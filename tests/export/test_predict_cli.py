@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.model import default_repository, find_versions
+from service.inference.model import default_repository, find_versions
 
 from .conftest import synthetic_xray
 

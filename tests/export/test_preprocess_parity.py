@@ -10,8 +10,8 @@ import pytest
 
 from export.dataset import LABELS_BINARY, read_manifest
 from export.train import load_examples, training_tensor
-from service.decode import decode
-from service.model import OnnxModel, default_repository, find_versions
+from service.imaging.decode import decode
+from service.inference.model import OnnxModel, default_repository, find_versions
 
 from .conftest import synthetic_xray
 
@@ -24,7 +24,7 @@ def _bundled() -> OnnxModel:
 
 
 def _serving_tensor(model: OnnxModel, path: Path) -> np.ndarray:
-    return model.prepare(decode(path.read_bytes()).pixels)[0]
+    return model.prepare(decode(path.read_bytes()))[0]
 
 
 def _training_tensor(model: OnnxModel, path: Path, label: str = "covid") -> np.ndarray:
@@ -47,6 +47,6 @@ def test_real_images_give_identical_tensors(real_manifest: Path) -> None:
     model = _bundled()
     rows = read_manifest(real_manifest)
     for row in rows[:3] + rows[-3:]:
-        served = model.prepare(decode(row.path.read_bytes()).pixels)[0]
+        served = model.prepare(decode(row.path.read_bytes()))[0]
         (example,) = load_examples([row], LABELS_BINARY, model.spec, model.segmenter)
         np.testing.assert_array_equal(served, training_tensor(example, model.spec))

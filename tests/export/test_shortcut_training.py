@@ -22,7 +22,7 @@ from export.train import (
     reversal_strength,
     source_gap_auroc,
 )
-from service.preprocess import Geometry
+from service.imaging.preprocess import Geometry
 
 
 def _example(origin: str, label: str) -> Example:

@@ -10,9 +10,10 @@ import httpx
 import pytest
 
 from loadtest import targets
-from loadtest.benchmark import Plan, run
+from loadtest.benchmark import run
 from loadtest.checks import check_answer
 from loadtest.images import load_samples
+from loadtest.plan import Plan
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.benchmark import Plan
 from loadtest.compare import compare, report
 from loadtest.images import load_samples
+from loadtest.plan import Plan
 
 pytestmark = pytest.mark.slow
 

@@ -89,7 +89,7 @@ def test_tls_certificate_is_verified(orthanc: Orthanc, model_dir: Path, tmp_path
         "CXR_PROVIDERS": "CPUExecutionProvider",
     }
     command = [
-        sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--host", "127.0.0.1",
+        sys.executable, "-m", "uvicorn", "--factory", "service.api.app:create_app", "--host", "127.0.0.1",
         "--port", str(port), "--ssl-keyfile", str(key), "--ssl-certfile", str(cert),
     ]  # fmt: skip
     with (tmp_path / "tls-service.log").open("wb") as log:

@@ -15,8 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.decode import decode, to_training_scale
-from service.dicom import _read_dataset, _stored_pixels, display_values
+from service.imaging.decode import decode
+from service.imaging.dicom import _read_dataset, _stored_pixels, display_values
+from service.imaging.pixels import to_training_scale
 from tests.pacs.conftest import Orthanc, real_samples
 
 logger = logging.getLogger(__name__)

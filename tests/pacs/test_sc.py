@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from pacs.cli import run
 from pacs.sc import NOT_ANALYSED_SERIES_DESCRIPTION
-from service.overlay import blend, colorize
+from service.imaging.overlay import blend, colorize
 from tests import domainstub
 from tests.dicoms import make_dicom, phantom, quantise
 from tests.pacs.conftest import (

@@ -8,7 +8,7 @@ from typing import Any
 
 import schemathesis
 
-from service.problems import is_v2
+from service.api.problems import is_v2
 
 PROBLEM_JSON = "application/problem+json"
 FUZZ_MODEL = "CXR_FUZZ_MODEL"
@@ -33,7 +33,7 @@ def _path(case: Any) -> str:
 def errors_are_problem_json(ctx: Any, response: Any, case: Any) -> bool | None:
     """Every 4xx/5xx is an RFC 9457 problem whose `status` matches and whose `detail` is a string, with no
     traceback in it; under /v2 it is the Open Inference Protocol's `{"error": "..."}` instead
-    (service.problems)."""
+    (service.api.problems)."""
     if response.status_code < 400:
         return None
     content_type = response.headers.get("content-type", [""])

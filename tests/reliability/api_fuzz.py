@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.problems import is_v2
+from service.api.problems import is_v2
 from tests.reliability.harness import ROOT
 
 API_KEY = "reliability-fuzz-key"

@@ -1,4 +1,4 @@
-"""Decoder fuzzing: mutated PNG, JPEG and DICOM files through `service.decode.decode`, driven by hypothesis.
+"""Decoder fuzzing: mutated PNG, JPEG and DICOM files through `service.imaging.decode.decode`, driven by hypothesis.
 
 The contract checked for every input: `decode` returns pixels or raises a `CxrError` subclass (a 4xx for
 the client), never any other exception (a 500 and a traceback in the log); it returns within `timeout_s`;
@@ -74,8 +74,8 @@ class Figures:
     outcomes: Counter[str] = field(default_factory=Counter)
     guarded: Counter[str] = field(default_factory=Counter)
     isolated_crashes: int = 0
-    """Inputs that killed a decoder process in service.sandbox (answered 400; the service lives on)."""
-    """Parser exceptions that service.decode turned into a 400 (by type): each is a finding to narrow."""
+    """Inputs that killed a decoder process in service.imaging.sandbox (answered 400; the service lives on)."""
+    """Parser exceptions that service.imaging.decode turned into a 400 (by type): each is a finding to narrow."""
     max_seconds: float = 0.0
     max_rss_growth_kib: int = 0
     failures: list[str] = field(default_factory=list)
@@ -91,8 +91,8 @@ class Figures:
 
 def _worker(connection: Connection) -> None:
     """Decode what the parent sends; answer (kind, seconds, RSS growth KiB, detail). Runs in the child."""
-    from service.decode import decode
     from service.errors import CxrError
+    from service.imaging.decode import decode
 
     while True:
         try:
@@ -124,7 +124,7 @@ def _status_kib(pid: int, field_name: str) -> int:
 
 
 def _reset_peaks() -> dict[int, int]:
-    """Reset the kernel's RSS high-water mark (VmHWM) of this process and its children (service.sandbox
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process and its children (service.imaging.sandbox
     decodes compressed DICOM in a child) and return their resident size now, per pid. Peaks are then
     measured from the current size, not from an earlier peak (ru_maxrss never goes down)."""
     now = {}
@@ -147,7 +147,7 @@ def _growth_since(before: dict[int, int]) -> int:
 
 
 _SPAWNED_BASELINE_KIB = 100 * 1024
-"""What a child started during the decode (a fresh service.sandbox process) holds before decoding: its
+"""What a child started during the decode (a fresh service.imaging.sandbox process) holds before decoding: its
 interpreter and imports, not the decode's doing."""
 
 
@@ -163,7 +163,7 @@ class DecodeWorker:
     def _start(self) -> Connection:
         parent, child = self._context.Pipe()
         # Not a daemon: daemons may not have children, and decode() starts one for compressed DICOM
-        # (service.sandbox). It exits on its own when this end of the pipe closes.
+        # (service.imaging.sandbox). It exits on its own when this end of the pipe closes.
         self._process = self._context.Process(target=_worker, args=(child,), daemon=False)
         self._process.start()
         child.close()
@@ -194,7 +194,7 @@ class DecodeWorker:
     def close(self) -> None:
         if self._process is not None:
             if self._process.is_alive():
-                # its decoder children (service.sandbox) first: they would outlive a killed parent
+                # its decoder children (service.imaging.sandbox) first: they would outlive a killed parent
                 for child in psutil.Process(self._process.pid).children(recursive=True):
                     child.kill()
                 self._process.kill()

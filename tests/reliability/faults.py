@@ -108,7 +108,7 @@ def sigterm_under_load(
 
 
 def _logged_statuses(log: str) -> dict[str, int]:
-    """request id -> status from the server's access lines (service.middleware logs every request)."""
+    """request id -> status from the server's access lines (service.api.middleware logs every request)."""
     return {
         found.group(1): int(found.group(2))
         for found in re.finditer(r"request_id=(\w+) POST /v1/classify status=(\d+)", log)

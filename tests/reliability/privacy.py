@@ -54,7 +54,7 @@ def identified_dicoms() -> dict[str, bytes]:
     broken_rle[-200:-100] = bytes(100)  # corrupt RLE stream: the codec fails or panics
     unknown_vr = bytearray(good)
     at = unknown_vr.find(b"\x28\x00\x11\x00US")
-    unknown_vr[at + 4 : at + 6] = b"UQ"  # parser exception path (service.decode's guard logs it)
+    unknown_vr[at + 4 : at + 6] = b"UQ"  # parser exception path (service.imaging.decode's guard logs it)
     # pydicom's validation quotes offending values in its warnings: make the name invalid for PN
     invalid_name = make_dicom(
         pixels, bits_stored=16, after={**IDENTIFIERS, "PatientName": PATIENT_NAME + "^a^b^c^d"}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.decode import DEFAULT_MAX_PIXELS
+from service.imaging.decode import DEFAULT_MAX_PIXELS
 from tests.reliability import api_fuzz, decode_fuzz, faults, overload, privacy
 from tests.reliability.harness import ROOT, running, tiny_model_dir
 
@@ -348,7 +348,7 @@ def render(sections: dict[str, Section], context: dict[str, str]) -> str:
         "",
         _verdict(api),
         "",
-        "## 2. Decoder fuzzing (hypothesis, PNG / JPEG / DICOM through `service.decode.decode`)",
+        "## 2. Decoder fuzzing (hypothesis, PNG / JPEG / DICOM through `service.imaging.decode.decode`)",
         "",
         _table(
             [
@@ -519,7 +519,7 @@ def render(sections: dict[str, Section], context: dict[str, str]) -> str:
         "- GDCM (JPEG lossless, and pydicom's fallback for JPEG-LS, JPEG 2000 and RLE) aborted the whole process "
         "(`std::terminate`) on a JPEG lossless file declaring BitsAllocated 32, a JPEG-LS file whose Rows disagree "
         "with its stream, and ~1 in 300 bit-flipped JPEG lossless streams: one upload took the service down with "
-        "every request in flight. Compressed DICOM is now decoded in a child process (service/sandbox.py); a crash "
+        "every request in flight. Compressed DICOM is now decoded in a child process (service/imaging/sandbox.py); a crash "
         "costs that request a 400 and a ~0.5 s restart of the child.",
         "- The deflate check looked for the syntax UID in the first 64 KiB only; a padded File Meta group bypassed it.",
         "- A client that hung up mid-upload was logged as a server fault with a traceback and counted as a 500; now 499.",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service import auth
+from service.api import auth
 from service.settings import Settings
 from tests.reliability import privacy
 from tests.reliability.harness import running, tiny_model_dir

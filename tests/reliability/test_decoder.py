@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from pydicom.encaps import encapsulate, generate_fragmented_frames
 
-from service.decode import DEFAULT_MAX_PIXELS, decode
 from service.errors import InvalidImage, PayloadTooLarge
+from service.imaging.decode import DEFAULT_MAX_PIXELS, decode
 from tests.dicoms import make_dicom
 from tests.reliability.decode_fuzz import (
     BYTES_PER_PIXEL_BOUND,

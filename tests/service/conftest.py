@@ -17,8 +17,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.model import OnnxModel
+from service.api.app import create_app
+from service.inference.model import OnnxModel
 from service.settings import Settings
 from tests.tinymodel import blob_image, encode, make_tiny_model
 

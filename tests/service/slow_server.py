@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from cxr import cli
-from service.model import OnnxModel
+from service.inference.model import OnnxModel
 
 _DELAY_S = float(os.environ.get("CXR_TEST_BATCH_DELAY_S", "0"))
 _RUN_LOG = os.environ.get("CXR_TEST_RUN_LOG")

@@ -1,4 +1,4 @@
-"""service.allocator: with the service's setting, freed multi-megabyte buffers are reused, not faulted in
+"""service.inference.allocator: with the service's setting, freed multi-megabyte buffers are reused, not faulted in
 again from the kernel on every request. Each case runs in a fresh interpreter (mallopt is process-wide)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from service.allocator import retain_freed_memory
+from service.inference.allocator import retain_freed_memory
 
 _CHURN = """
 import resource, sys
-from service.allocator import retain_freed_memory
+from service.inference.allocator import retain_freed_memory
 took = retain_freed_memory(int(sys.argv[1]))
 def churn():
     for _ in range(40):  # a 2.5 MB body and its 4 MB join, allocated, written and freed per "request"

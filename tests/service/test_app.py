@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 from asgi_lifespan import LifespanManager
 
-from service.app import create_app
-from service.batch_policy import choose_max_batch_size
-from service.batcher import batch_sizes
-from service.model import ModelIntegrityError
+from service.api.app import create_app
+from service.inference.batch_policy import choose_max_batch_size
+from service.inference.batcher import batch_sizes
+from service.inference.model import ModelIntegrityError
 from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
 from tests.service.conftest import PNG_HEADERS, Gate, metric, png, serve, settings_for, wait_until
 from tests.tinymodel import blob_image, encode, make_tiny_model, png_bomb
@@ -525,7 +525,7 @@ async def test_models_listing_versions_and_docs(model_dir: Path) -> None:
 async def test_models_listing_shows_the_batch_policy_chosen_at_warm_up(
     model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.repository")
+    caplog.set_level(logging.INFO, logger="service.inference.repository")
     async with serve(settings_for(model_dir, max_batch_size=8)) as client:  # the default policy: auto
         (auto,) = (await client.get("/v1/models")).json()["models"]
     async with serve(settings_for(model_dir, max_batch_size=4, batch_policy="fixed")) as client:
@@ -576,7 +576,7 @@ async def test_server_fault_is_a_500_problem_with_the_traceback_only_in_the_log(
         def broken(self: object, batch: np.ndarray) -> None:
             raise RuntimeError("simulated onnxruntime failure")
 
-        monkeypatch.setattr("service.model.OnnxModel.run", broken)
+        monkeypatch.setattr("service.inference.model.OnnxModel.run", broken)
         response = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)
         monkeypatch.undo()
         recovered = await client.post("/v1/classify", content=png(), headers=PNG_HEADERS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.batch_policy import MARGIN, BatchPolicy, choose_max_batch_size, measure
+from service.inference.batch_policy import MARGIN, BatchPolicy, choose_max_batch_size, measure
 
 # images/s by batch size
 GPU_LIKE = {1: 900.0, 2: 1700.0, 4: 3100.0, 8: 5200.0}

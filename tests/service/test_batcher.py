@@ -10,9 +10,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from service.batch_policy import choose_max_batch_size
-from service.batcher import Batcher, batch_sizes
 from service.errors import DeadlineExceeded, ModelNotReady, Overloaded, TooManyRequests
+from service.inference.batch_policy import choose_max_batch_size
+from service.inference.batcher import Batcher, batch_sizes
 
 pytestmark = pytest.mark.anyio
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from service.cpus import usable_cpus
+from service.inference.cpus import usable_cpus
 from service.settings import Settings
 
 AFFINITY = len(os.sched_getaffinity(0))

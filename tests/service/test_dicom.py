@@ -1,4 +1,4 @@
-"""service.dicom: the DICOM pixel pipeline (Modality LUT -> VOI -> MONOCHROME1), codecs, and refusals.
+"""service.imaging.dicom: the DICOM pixel pipeline (Modality LUT -> VOI -> MONOCHROME1), codecs, and refusals.
 
 Synthetic images whose display values are known, written in every pixel format the decoder must handle.
 """
@@ -24,9 +24,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from service.decode import decode
-from service.dicom import DicomPolicy, decode_dicom, display_values, window
 from service.errors import InvalidImage, PayloadTooLarge, UnsupportedDicom, UnsupportedMediaType
+from service.imaging.decode import decode
+from service.imaging.dicom import DicomPolicy, decode_dicom, display_values, window
 from service.settings import Settings, add_cli_flags, from_cli
 from tests.dicoms import make_dicom, phantom, quantise, variants
 
@@ -35,7 +35,7 @@ MAX_PIXELS = 10_000_000
 
 def full(data: bytes) -> np.ndarray:
     """Display values in [0, 1] at full resolution (before the training-scale resize)."""
-    from service.dicom import _read_dataset, _stored_pixels
+    from service.imaging.dicom import _read_dataset, _stored_pixels
 
     ds = _read_dataset(data)
     return display_values(ds, _stored_pixels(ds))
@@ -98,7 +98,7 @@ def test_voi_functions_follow_ps3_3_c_11_2() -> None:
 def test_voi_lut_sequence_is_scaled_by_its_bit_depth() -> None:
     stored = np.arange(0, 4096, 16, dtype=np.int64).reshape(16, 16)
     data = make_dicom(stored, bits_stored=12, window=(10, 10))  # the LUT wins over the window
-    from service.dicom import _read_dataset, _stored_pixels
+    from service.imaging.dicom import _read_dataset, _stored_pixels
 
     ds = _read_dataset(data)
     item = Dataset()
@@ -202,7 +202,7 @@ def test_policy_is_configurable_by_settings_flags_and_environment(monkeypatch: p
 
 def test_no_pixel_data_not_dicom_and_pixel_limit() -> None:
     data = make_dicom(quantise(IMAGE, 12), bits_stored=12)
-    from service.dicom import _read_dataset
+    from service.imaging.dicom import _read_dataset
 
     ds = _read_dataset(data)
     del ds.PixelData
@@ -245,7 +245,7 @@ def test_explicit_vr_default_syntax_is_untouched() -> None:
 @pytest.mark.parametrize("name", ["mono1-12bit", "16bit-signed", "jpegls", "j2k-lossy"])
 def test_display_dicom_is_the_decoded_picture_at_the_pictures_scale(name: str) -> None:
     """What `cxr pacs` draws its Secondary Capture from: the model's grey levels, full field of view."""
-    from service.decode import display_dicom
+    from service.imaging.decode import display_dicom
 
     data = variants(generate_uid())[name]
     small = display_dicom(data, max_side=1024)

@@ -182,7 +182,7 @@ async def test_size_and_colour_are_checked_without_a_view_model(tmp_path: Path) 
 async def test_the_service_and_cxr_evaluate_give_the_same_calibrated_probabilities(tmp_path: Path) -> None:
     from export.dataset import read_manifest
     from export.evaluate import evaluate
-    from service.model import OnnxModel
+    from service.inference.model import OnnxModel
 
     folder = need_shared_data()
     with (BUNDLED_VERSION / "split.csv").open(newline="") as handle:

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.batch_policy import choose_max_batch_size
-from service.batcher import batch_sizes
+from service.inference.batch_policy import choose_max_batch_size
+from service.inference.batcher import batch_sizes
 from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
 from tests.serverproc import Server, start_server, wait_bound
 from tests.service.conftest import PNG_HEADERS, metric, png

@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from service import server
-from service.auth import key_matches
+from service.api.auth import key_matches
 from service.settings import Settings, add_cli_flags, from_cli
 
 

@@ -15,7 +15,7 @@ from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
 from export.triton import write_config
-from service.model import find_versions
+from service.inference.model import find_versions
 from tests.v2wire import HEADER_LENGTH, binary_outputs, binary_request, tensor_for, tensor_json
 
 from .conftest import PNG_HEADERS, png, serve, settings_for

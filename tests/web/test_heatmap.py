@@ -97,7 +97,7 @@ async def test_predict_overlay_uses_the_same_cam_as_the_api(fine_model_dir: Path
     assert record["probabilities"] == pytest.approx(result["probabilities"], abs=1e-6)
 
     # Rebuild predict's overlay (export.evaluate.overlay: jet at 45 % over the decoded image) from what the
-    # API returns: both take their levels from service.preprocess.cam_levels, so it matches exactly.
+    # API returns: both take their levels from service.imaging.preprocess.cam_levels, so it matches exactly.
     # (Before they shared it, predict dropped negative CAM before upsampling and the API after: the
     # overlays differed by up to 85 grey levels along the edges of the activated regions.)
     base = cv2.imdecode(np.frombuffer(decoded.content, np.uint8), cv2.IMREAD_GRAYSCALE)

@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.model import default_repository, find_versions
-from service.schemas import NOTICE
-from service.web import SECURITY_HEADERS
+from service.api.web import SECURITY_HEADERS
+from service.inference.decision import NOTICE
+from service.inference.model import default_repository, find_versions
 from tests.dicoms import identified_dicom
 from tests.serverproc import Server, serving
 from tests.shareddata import SHARED_DATA

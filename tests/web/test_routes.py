@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from service.web import SECURITY_HEADERS
+from service.api.web import SECURITY_HEADERS
 from tests.dicoms import identified_dicom
 from tests.service.conftest import PNG_HEADERS, png, serve, settings_for
 from tests.tinymodel import blob_image, encode

@@ -5,7 +5,7 @@ Everywhere but `/v2`: RFC 9457 problem details, `{"type", "title", "status", "de
 Under `/v2` (the Open Inference Protocol): `{"error": "<detail>"}` as `application/json`, the body that
 Triton's and KServe's clients read (tritonclient raises a decoding error, and loses the message, on any
 other body), with 400 where /v1 says 422, as Triton answers every invalid argument.
-Tracebacks never reach the client; server faults are logged with theirs by service.middleware, which
+Tracebacks never reach the client; server faults are logged with theirs by service.api.middleware, which
 also answers them here with a 500.
 """
 

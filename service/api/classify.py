@@ -1,6 +1,6 @@
 """POST /v1/classify: upload bytes -> decoded pixels -> tensors -> batcher -> labelled results.
 
-Bodies come in through service.uploads (byte limit enforced while reading). Decoding and preprocessing
+Bodies come in through service.api.uploads (byte limit enforced while reading). Decoding and preprocessing
 run in the runtime's bounded pool, not on the event loop.
 The whole request runs under the deadline (504); once the body is in, a client that disconnects gets its
 queued images cancelled, so the batcher skips them.
@@ -14,23 +14,16 @@ import logging
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Annotated, TypeVar, cast
+from typing import Annotated, TypeVar
 
 import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.auth import require_api_key
-from service.batcher import BatchResult
-from service.decode import DecodedImage, decode
-from service.domain import DomainVerdict
-from service.errors import CxrError, InvalidParameter, NotAChestRadiograph, request_deadline
-from service.model import ModelCard, OnnxModel
-from service.preprocess import Geometry, cam_levels
-from service.repository import ServedModel
-from service.runtime import Runtime
-from service.schemas import (
+from service.api.auth import require_api_key
+from service.api.deps import runtime_of
+from service.api.schemas import (
     CLASSIFY_REQUEST_BODY,
     PROBLEM_RESPONSES,
     Classification,
@@ -43,8 +36,18 @@ from service.schemas import (
     Refused,
     Timing,
 )
+from service.api.uploads import Upload, read_uploads
+from service.errors import CxrError, InvalidParameter, NotAChestRadiograph, request_deadline
+from service.imaging.decode import decode
+from service.imaging.input_check import DomainVerdict
+from service.imaging.pixels import DecodedImage
+from service.imaging.preprocess import Geometry, cam_levels
+from service.inference.batcher import BatchResult
+from service.inference.decision import label_for
+from service.inference.model import OnnxModel
+from service.inference.repository import ServedModel
 from service.settings import Settings
-from service.uploads import Upload, read_uploads
+from service.state import Runtime
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -68,13 +71,8 @@ class ClassifyParams(BaseModel):
 class _Prepared:
     tensor: np.ndarray
     geometry: Geometry
+    domain: DomainVerdict
     decoded: DecodedImage
-
-    @property
-    def domain(self) -> DomainVerdict:
-        if self.geometry.domain is None:  # OnnxModel.prepare always sets it
-            raise RuntimeError("prepared image without a domain verdict")
-        return self.geometry.domain
 
     def flags(self) -> dict[str, str]:
         """The decoder's flags, plus `domain` when the check corrected the film, warns about it, or found it
@@ -83,16 +81,12 @@ class _Prepared:
         return self.decoded.flags if flag is None else {**self.decoded.flags, "domain": flag}
 
 
-def runtime_of(request: Request) -> Runtime:
-    return cast(Runtime, request.app.state.runtime)
-
-
 def _prepare(upload: Upload, model: OnnxModel, settings: Settings) -> _Prepared:
     decoded = decode(
         upload.data, max_pixels=settings.max_pixels, fmt=upload.fmt, policy=settings.dicom_policy
     )
-    tensor, geometry = model.prepare(decoded)  # runs the input-domain check (service.domain)
-    return _Prepared(tensor, geometry, decoded)
+    tensor, geometry, verdict = model.prepare(decoded)  # runs the input-domain check
+    return _Prepared(tensor, geometry, verdict, decoded)
 
 
 def refusal(domain: DomainVerdict) -> NotAChestRadiograph:
@@ -116,16 +110,6 @@ def _heatmap(cam: np.ndarray | None, geometry: Geometry) -> Heatmap:
         height=levels.shape[0],
         cam_max=peak,
     )
-
-
-def label_for(probabilities: np.ndarray, card: ModelCard) -> str:
-    """Binary: the positive label if its probability reaches the card's threshold; otherwise argmax."""
-    if len(card.labels) == 2:
-        positive = card.labels.index(card.positive_label)
-        if float(probabilities[positive]) >= card.threshold:
-            return card.positive_label
-        return card.labels[1 - positive]
-    return card.labels[int(np.argmax(probabilities))]
 
 
 async def _disconnected(request: Request) -> None:
@@ -299,7 +283,7 @@ async def classify(request: Request, params: Annotated[ClassifyParams, Query()])
     if results is None:
         logger.info("request_id=%s client disconnected; its queued images were dropped", request_id)
         return Response(status_code=499)
-    # Details for the middleware's one access line per request (service.middleware): sizes and timings,
+    # Details for the middleware's one access line per request (service.api.middleware): sizes and timings,
     # never names, identifiers or pixels.
     classified = [r for r in results if isinstance(r, Classification)]
     request.state.log_detail = (

@@ -16,8 +16,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.problems import error_response
 from service.metrics import Metrics
-from service.problems import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The model repository as served: every verified model version, each with its own batcher.
 
-Loading verifies every file's sha256 against its card (service.model); one mismatch and the service does
+Loading verifies every file's sha256 against its card (service.inference.model); one mismatch and the service does
 not start. Requests name a model (`?model=NAME`, optionally `&version=V`); the default is the settings'
 `default_model`, else `<repo>/default.json`'s `"model"`, else the first name in sorted order. A name
 without a version means its newest version.
@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from service.batcher import Batcher
 from service.errors import NotFound, Overloaded, TooManyRequests
+from service.inference.batcher import Batcher
+from service.inference.model import OnnxModel, find_versions
 from service.metrics import Metrics
-from service.model import OnnxModel, find_versions
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

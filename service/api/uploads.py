@@ -16,8 +16,8 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from service.decode import ImageFormat
 from service.errors import InvalidParameter, MalformedRequest, PayloadTooLarge, UnsupportedMediaType
+from service.imaging.pixels import ImageFormat
 
 RAW_TYPES: dict[str, ImageFormat | None] = {
     "image/png": "png",

@@ -6,10 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-NOTICE = (
-    "Research use only. Not a medical device: not for diagnosis, triage or any clinical decision. "
-    "Models of this kind are known to fail on images from hospitals they were not trained on."
-)
+from service.inference.decision import NOTICE
 
 
 class Problem(BaseModel):
@@ -51,7 +48,7 @@ class Heatmap(BaseModel):
 
 
 class Domain(BaseModel):
-    """The input-domain check's verdict (service.domain)."""
+    """The input-domain check's verdict (service.imaging.input_check)."""
 
     verdict: Literal["in", "out", "corrected"] = Field(
         description="in: a frontal chest radiograph; corrected: a turned or inverted film, corrected before "

@@ -24,9 +24,10 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.decode import DecodedImage
-from service.domain import DomainCheck, DomainSpec, ViewModel
-from service.preprocess import Geometry, PreprocessSpec, preprocess, segmenter_input
+from service.imaging.input_check import DomainCheck, DomainSpec, DomainVerdict
+from service.imaging.pixels import DecodedImage
+from service.imaging.preprocess import Geometry, PreprocessSpec, preprocess, segmenter_input
+from service.inference.view_model import ViewModel
 
 logger = logging.getLogger(__name__)
 
@@ -224,19 +225,15 @@ class OnnxModel:
     def has_cam(self) -> bool:
         return "cam" in self.output_names
 
-    def prepare(self, image: DecodedImage | np.ndarray) -> tuple[np.ndarray, Geometry]:
-        """A decoded image -> (S, S, 1) float32 input and its geometry (preprocessing contract), after the
-        input-domain check (service.domain), whose verdict is `geometry.domain`. A turned or inverted film
-        the check corrects is preprocessed corrected (`geometry.turns`, `geometry.inverted`). Plain pixels
-        are taken as a grayscale decode (no colour to check)."""
-        if isinstance(image, DecodedImage):
-            pixels, colour = image.pixels, image.colour_fraction
-        else:
-            pixels, colour = image, 0.0
-        verdict, pixels = self.domain.inspect(pixels, colour)
+    def prepare(self, image: DecodedImage) -> tuple[np.ndarray, Geometry, DomainVerdict]:
+        """A decoded image -> (S, S, 1) float32 input, its geometry (preprocessing contract) and the
+        input-domain check's verdict (service.imaging.input_check). A turned or inverted film the check
+        corrects is preprocessed corrected (`geometry.turns`, `geometry.inverted`). Only decoded images are
+        taken, so the colour check always sees the decoder's colour fraction."""
+        verdict, pixels = self.domain.inspect(image.pixels, image.colour_fraction)
         tensor, geometry = preprocess(pixels, self.spec, self.segmenter)
         verdict = self.domain.lungs(verdict, geometry)
-        return tensor, replace(geometry, turns=verdict.turns, inverted=verdict.inverted, domain=verdict)
+        return tensor, replace(geometry, turns=verdict.turns, inverted=verdict.inverted), verdict
 
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(N, S, S, 1) float32 -> (probabilities (N, K), cam (N, h, w) or None for designs without a GAP

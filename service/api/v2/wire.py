@@ -17,7 +17,7 @@ arrays cost a container per pixel and long garbage-collector pauses, so they are
 are not valid) and in binary data (not pixels); values outside [0, 1] are accepted (the model card's
 preprocessing produces [0, 1]). Every malformed body is a 400 that says what is wrong, never a 500.
 
-`parse` runs in a worker thread (service.v2), and is written so that it never holds the GIL for long,
+`parse` runs in a worker thread (service.api.v2.routes), and is written so that it never holds the GIL for long,
 which would stall the event loop just as parsing on it does: json's C scanner calls back into Python for
 every number (`parse_float`/`parse_int`), where the interpreter can switch to the event loop thread, and a
 byte count before parsing bounds what the scanner does without calling back (containers, keys, values),

@@ -2,10 +2,10 @@
 
 Clients such as `cxr pacs` or tritonclient can target this service, Triton or KServe interchangeably:
 v2 `infer` takes the *preprocessed* tensor (`image`, FP32, (N, S, S, 1) in [0, 1], the model card's
-preprocessing contract) as JSON or with the binary tensor data extension (service.tensors), and returns the
+preprocessing contract) as JSON or with the binary tensor data extension (service.api.v2.wire), and returns the
 graph's outputs (`probabilities`, and `cam` where the model has one). Requests go through the same dynamic
 batcher, queue bound and deadline as /v1/classify. Errors are the protocol's `{"error": "..."}`
-(service.problems). With API keys configured, every model endpoint needs one; the server's health,
+(service.api.problems). With API keys configured, every model endpoint needs one; the server's health,
 readiness and metadata do not. Research use only.
 """
 
@@ -19,17 +19,17 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 
-from service import tensors
-from service.auth import require_api_key
-from service.batcher import BatchResult
-from service.classify import runtime_of
+from service.api.auth import require_api_key
+from service.api.deps import runtime_of
+from service.api.schemas import V2_INFER_REQUEST_BODY, V2_INFER_RESPONSES, v2_error_responses
+from service.api.uploads import read_body
+from service.api.v2 import wire as tensors
+from service.api.v2.config import model_config
+from service.api.v2.wire import DATATYPE, InputSpec
 from service.errors import MalformedRequest, UnsupportedMediaType, request_deadline
-from service.modelconfig import model_config
-from service.repository import ServedModel
-from service.schemas import V2_INFER_REQUEST_BODY, V2_INFER_RESPONSES, v2_error_responses
+from service.inference.batcher import BatchResult
+from service.inference.repository import ServedModel
 from service.settings import Settings
-from service.tensors import DATATYPE, InputSpec
-from service.uploads import read_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -191,7 +191,7 @@ async def _infer(request: Request, served: ServedModel) -> Response:
     async with request_deadline(settings.request_timeout_s):
         body = await read_body(request, settings.max_v2_body_bytes)
         # Parsing and conversion run on the runtime's parser thread, admitted like an image being
-        # decoded, so a flood of bodies cannot queue there without bound (service.tensors: why that
+        # decoded, so a flood of bodies cannot queue there without bound (service.api.v2.wire: why that
         # thread does not stall the event loop).
         with runtime.admit(1):
             parsed = await loop.run_in_executor(runtime.parser, tensors.parse, body, header_length, spec)

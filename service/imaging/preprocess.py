@@ -7,7 +7,7 @@ A test proves the training and serving paths produce the same tensor for the sam
 The steps and why each exists (the training sources differ in field of view, borders and contrast, and a
 CNN learns those differences instead of the disease; see the model card):
 
-1. `decode` (service.decode): 8-bit grayscale, shorter side 320 px, INTER_AREA (how the training PNGs were made).
+1. `decode` (service.imaging.decode): 8-bit grayscale, shorter side 320 px, INTER_AREA (how the training PNGs were made).
 2. `trim_borders`: drop uniform rows/columns at the edges (black frames, white paper-figure margins).
 3. `lung_box`: the bounding box of both lungs from a small lung segmenter (ONNX, shipped beside the
    classifier), widened by a margin; the whole trimmed image when the mask is implausible.
@@ -19,13 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:
-    from service.domain import DomainVerdict
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive) in the decoded image's pixel grid
 MaskFn = Callable[[np.ndarray], np.ndarray]
@@ -58,7 +54,7 @@ class PreprocessSpec:
 @dataclass(frozen=True)
 class LungFields:
     """The two largest lung-mask components, as fractions of the trimmed region the segmenter saw:
-    what the input-domain check reads to ask whether a frontal chest is there (service.domain)."""
+    what the input-domain check reads to ask whether a frontal chest is there (service.imaging.input_check)."""
 
     areas: tuple[float, float]  # largest first; 0.0 where there is no such component
     centres: tuple[tuple[float, float], tuple[float, float]]  # (x, y) in [0, 1] of each, same order
@@ -82,7 +78,6 @@ class Geometry:
     lungs: LungFields | None = None  # None without a segmenter
     turns: int = 0
     inverted: bool = False
-    domain: DomainVerdict | None = None  # the input-domain check's verdict (service.domain)
 
 
 def trim_borders(image: np.ndarray, spec: PreprocessSpec) -> Box:

@@ -1,7 +1,7 @@
 """The web page: GET / (upload X-rays, see label, probability against threshold and the CAM overlay),
 its assets under /static/, and POST /v1/decoded, the image the model saw, for files a browser cannot show.
 
-The page is three hand-written files in service/static/ (no build step, no CDN: it works offline) and
+The page is three hand-written files in service/api/static/ (no build step, no CDN: it works offline) and
 talks to the same /v1/classify API as any client. Assets are an allowlist, not a directory mount, so no
 request path ever reaches the file system. Every page response carries a Content-Security-Policy that
 allows only this origin (plus data:/blob: images, for the heatmap PNG and local previews): the page shows
@@ -18,13 +18,13 @@ from importlib import resources
 import cv2
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.auth import require_api_key
-from service.classify import runtime_of
-from service.decode import decode
+from service.api.auth import require_api_key
+from service.api.deps import runtime_of
+from service.api.schemas import PROBLEM_RESPONSES
+from service.api.uploads import Upload, read_uploads
 from service.errors import InvalidParameter, NotFound, request_deadline
-from service.schemas import PROBLEM_RESPONSES
+from service.imaging.decode import decode
 from service.settings import Settings
-from service.uploads import Upload, read_uploads
 
 router = APIRouter()
 
@@ -55,7 +55,7 @@ SECURITY_HEADERS = {
 @functools.cache
 def _asset(name: str) -> tuple[bytes, str]:
     """Bytes and ETag of a packaged asset; read once, as they only change with the installed package."""
-    body = resources.files("service").joinpath("static", name).read_bytes()
+    body = resources.files("service.api").joinpath("static", name).read_bytes()
     return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 

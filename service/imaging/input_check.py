@@ -4,7 +4,7 @@ Runs inside `OnnxModel.prepare()`, so the service, `cxr predict`, `cxr evaluate`
 classify an image without it. Checks, cheapest first; each failing one adds a reason:
 
 1. size: a radiograph has at least `min_side` px on its shorter side (a 1x1 PNG has none of a chest);
-2. colour: a radiograph is grayscale; `colour_fraction` (service.decode) is the share of pixels whose
+2. colour: a radiograph is grayscale; `colour_fraction` (service.imaging.decode) is the share of pixels whose
    channels differ by 24 levels or more (a coloured arrow on a figure stays far below the limit);
 3. the view model (`view.onnx` beside the classifier, trained by `cxr train-view` on the training split's
    own films turned, inverted and mirrored, mixed with rendered non-radiographs): p(not a chest
@@ -28,13 +28,12 @@ and validation splits by `cxr train-view`, never on the test split or the held-o
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
 
-from service.preprocess import Geometry, LungFields, PreprocessSpec, finish, trim_borders
+from service.imaging.preprocess import Geometry, LungFields, PreprocessSpec, finish, trim_borders
 
 Verdict = Literal["in", "out", "corrected"]
 
@@ -68,7 +67,7 @@ def undo(image: np.ndarray, turns: int, inverted: bool) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, turns) if turns else image)
 
 
-_MIRROR_PERMUTATION = np.array(
+MIRROR_PERMUTATION = np.array(
     [*((-(k % 4)) % 4 + 4 * ((k // 4) % 2) + 8 * (1 - k // 8) for k in range(16)), NOT_RADIOGRAPH]
 )
 """Class of the mirror image of a film in class k: mirroring a film turned t times gives the mirrored film
@@ -140,36 +139,19 @@ def view_input(image: np.ndarray, spec: PreprocessSpec, size: int) -> np.ndarray
     return finish(small, spec)
 
 
-class ViewModel:
-    """view.onnx: (N, S, S, 1) -> `probabilities` (N, 17) over VIEW_CLASSES and `distance` (N,)."""
+class ViewScorer(Protocol):
+    """The view model as the check uses it (service.inference.view_model.ViewModel runs view.onnx):
+    (S, S) input in [0, 1] -> (probabilities over the 17 view classes, feature distance to the films)."""
 
-    def __init__(self, path: Path, input_size: int) -> None:
-        import onnxruntime as ort
+    input_size: int
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # runs in the preprocessing pool, one thread per core already
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self.input_name = self.session.get_inputs()[0].name
-        self.input_size = input_size
-
-    def __call__(self, tensor: np.ndarray) -> tuple[np.ndarray, float]:
-        """Averaged over the image and its mirror image (whose classes are permuted back): two looks at
-        the same film steady the uncertain cases."""
-        both = np.stack([tensor, tensor[:, ::-1]])[:, :, :, None]
-        probabilities, distance = self.session.run(["probabilities", "distance"], {self.input_name: both})
-        averaged = (probabilities[0] + probabilities[1][_MIRROR_PERMUTATION]) / 2.0
-        return averaged, float(distance.mean())
+    def __call__(self, tensor: np.ndarray) -> tuple[np.ndarray, float]: ...
 
 
 class DomainCheck:
     """Steps 1-3 before preprocessing (`inspect`, which may correct the pixels), step 4 after (`lungs`)."""
 
-    def __init__(self, spec: DomainSpec, preprocess: PreprocessSpec, view: ViewModel | None) -> None:
+    def __init__(self, spec: DomainSpec, preprocess: PreprocessSpec, view: ViewScorer | None) -> None:
         self.spec = spec
         self.preprocess = preprocess
         self.view = view

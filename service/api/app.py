@@ -1,8 +1,8 @@
 """The FastAPI application: `create_app(settings)` wires settings, lifespan, middleware, errors and routes.
 
-Routes: POST /v1/classify (service.classify), GET /v1/models, GET /healthz (alive), GET /readyz (every
-model loaded and warmed), GET /metrics (Prometheus), the Open Inference Protocol under /v2 (service.v2),
-OpenAPI at /docs (Swagger UI) and /redoc (service.docs: no CDN, so the API docs work offline and behind a
+Routes: POST /v1/classify (service.api.classify), GET /v1/models, GET /healthz (alive), GET /readyz (every
+model loaded and warmed), GET /metrics (Prometheus), the Open Inference Protocol under /v2 (service.api.v2.routes),
+OpenAPI at /docs (Swagger UI) and /redoc (service.api.docs: no CDN, so the API docs work offline and behind a
 hospital proxy). HEAD works wherever GET does. Research use only.
 """
 
@@ -18,17 +18,19 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service import classify, docs, problems, v2, web
-from service.auth import require_api_key
-from service.batch_policy import BatchPolicy
-from service.classify import runtime_of
+from service.api import classify, docs, problems, web
+from service.api.auth import require_api_key
+from service.api.deps import runtime_of
+from service.api.middleware import HeadAsGet, RequestContextMiddleware
+from service.api.schemas import problem_responses
+from service.api.v2 import routes as v2
 from service.errors import ModelNotReady
+from service.inference.batch_policy import BatchPolicy
+from service.inference.decision import NOTICE
+from service.inference.model import ModelIntegrityError
 from service.metrics import Metrics
-from service.middleware import HeadAsGet, RequestContextMiddleware
-from service.model import ModelIntegrityError
-from service.runtime import Runtime
-from service.schemas import NOTICE, problem_responses
 from service.settings import Settings
+from service.state import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="COVID-19 chest X-ray classification. RESEARCH USE ONLY: not for diagnosis.",
         description=NOTICE,
         lifespan=lifespan,
-        # The pages are service.docs'; this mounts the assets they load, from the installed package.
+        # The pages are service.api.docs'; this mounts the assets they load, from the installed package.
         docs_url=None,
         redoc_url=None,
         static_url=docs.ASSETS,

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from service.errors import ModelNotReady
+from service.inference.repository import ModelRepository
 from service.metrics import Metrics
-from service.repository import ModelRepository
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Runtime:
         pool = ThreadPoolExecutor(max_workers=settings.decode_workers, thread_name_prefix="decode")
         # /v2 JSON bodies are parsed here, one at a time: parsing holds the GIL whichever thread runs it
         # (the decoders release it), so a second thread would add no throughput, only a third contender
-        # with the event loop for the GIL (service.tensors).
+        # with the event loop for the GIL (service.api.v2.wire).
         parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="v2-parse")
         return cls(settings, metrics, repository, pool, parser, started)
 

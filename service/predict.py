@@ -19,13 +19,13 @@ from typing import Any
 
 import cv2
 
-from service.decode import decode_file
 from service.errors import CxrError
-from service.model import ModelIntegrityError, OnnxModel, load_default
+from service.imaging.decode import decode_file
+from service.imaging.overlay import cam_overlay
+from service.inference.decision import NOTICE, label_for
+from service.inference.model import ModelIntegrityError, OnnxModel, load_default
 
 logger = logging.getLogger(__name__)
-
-NOTICE = "RESEARCH USE ONLY - not for diagnosis or triage."
 
 
 def classify_path(
@@ -34,13 +34,12 @@ def classify_path(
     """One file -> the result record (`file`, `label`, `probabilities`, `threshold`, `model`, `domain`, ...);
     an image the input-domain check refuses gets `refused` (the reasons) instead of a label."""
     decoded = decode_file(path)
-    tensor, geometry = model.prepare(decoded)
-    domain = geometry.domain
+    tensor, geometry, domain = model.prepare(decoded)
     flags = dict(decoded.flags)
-    if domain is not None and domain.flag is not None:
+    if domain.flag is not None:
         flags["domain"] = domain.flag
     reference = {"name": model.name, "version": model.version, "sha256": model.sha256}
-    if domain is not None and domain.verdict == "out" and domain_policy == "refuse":
+    if domain.verdict == "out" and domain_policy == "refuse":
         return {
             "file": path,
             "refused": f"not a frontal chest radiograph: {domain.summary}",
@@ -50,12 +49,7 @@ def classify_path(
         }
     probabilities, cams = model.run(tensor[None])
     scores = {label: float(probabilities[0, i]) for i, label in enumerate(model.card.labels)}
-    positive = scores[model.card.positive_label]
-    if len(model.card.labels) == 2:
-        negative = next(label for label in model.card.labels if label != model.card.positive_label)
-        label = model.card.positive_label if positive >= model.card.threshold else negative
-    else:
-        label = max(scores, key=scores.__getitem__)
+    label = label_for(probabilities[0], model.card)
     record: dict[str, Any] = {
         "file": path,
         "label": label,
@@ -63,15 +57,13 @@ def classify_path(
         "threshold": model.card.threshold,
         "model": reference,
         "lung_crop": geometry.lung_crop,
-        **({"domain": domain.to_dict()} if domain is not None else {}),
+        "domain": domain.to_dict(),
         **({"flags": flags} if flags else {}),
     }
     if heatmap_dir is not None and cams is not None:
-        from export.evaluate import overlay
-
         heatmap_dir.mkdir(parents=True, exist_ok=True)
         target = heatmap_dir / f"{Path(path).stem}_cam.png"
-        cv2.imwrite(str(target), overlay(decoded.pixels, cams[0], geometry))
+        cv2.imwrite(str(target), cam_overlay(decoded.pixels, cams[0], geometry))
         record["heatmap"] = str(target)
     return record
 

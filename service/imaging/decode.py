@@ -17,28 +17,23 @@ import struct
 import traceback
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import cv2
 import numpy as np
 
 from service.errors import CxrError, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from service.imaging.pixels import SHORT_SIDE, DecodedImage, ImageFormat, check_pixel_limit, to_training_scale
 
-if TYPE_CHECKING:  # service.dicom imports this module (and pydicom, lazily)
-    from service.dicom import DicomPolicy
+if TYPE_CHECKING:  # pydicom is imported lazily: only DICOM users pay for it
+    from service.imaging.dicom import DicomPolicy
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SHORT_SIDE = 320
-"""Shorter side of the training images; every decoded image is brought to this scale (never enlarged)."""
-
 DEFAULT_MAX_PIXELS = 60_000_000
-
-ImageFormat = Literal["png", "jpeg", "dicom"]
 
 # libpng/libjpeg warnings about corrupt input go to stderr otherwise; a corrupt upload is answered with
 # a clear error instead, and the log stays one line per request.
@@ -56,18 +51,6 @@ _DICOM_HEADER_ALLOWANCE = 16 * 1024 * 1024  # tags, overlays, icons and private 
 _INFLATE_CHUNK = 1 << 20
 # SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but are not frames.
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """Grayscale pixels at training scale, plus what the response may say about the source image."""
-
-    pixels: np.ndarray  # uint8, 2-D, shorter side <= SHORT_SIDE
-    format: ImageFormat
-    original_height: int
-    original_width: int
-    flags: dict[str, str] = field(default_factory=dict)  # e.g. {"view": "LATERAL"} from DICOM tags
-    colour_fraction: float = 0.0  # share of pixels whose channels differ by >= COLOUR_LEVELS (0 for gray)
 
 
 def sniff_format(data: bytes) -> ImageFormat | None:
@@ -218,7 +201,7 @@ def check_deflated_dicom(data: bytes, offset: int, max_pixels: int) -> None:
 
 
 def _guarded(read: Callable[[], T]) -> T:
-    """`read()` (a service.dicom reader), with every parser failure answered as InvalidImage."""
+    """`read()` (a service.imaging.dicom reader), with every parser failure answered as InvalidImage."""
     try:
         return read()
     except CxrError:
@@ -241,14 +224,14 @@ def _guarded(read: Callable[[], T]) -> T:
 
 
 def _decode_dicom(data: bytes, max_pixels: int, policy: DicomPolicy | None) -> DecodedImage:
-    """service.dicom.decode_dicom, with every parser failure answered as InvalidImage."""
-    from service.dicom import decode_dicom  # pydicom import is slow; only DICOM users pay for it
+    """service.imaging.dicom.decode_dicom, with every parser failure answered as InvalidImage."""
+    from service.imaging.dicom import decode_dicom
 
     return _guarded(lambda: decode_dicom(data, max_pixels=max_pixels, policy=policy))
 
 
 def _display_dicom(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
-    from service.dicom import display_pixels
+    from service.imaging.dicom import display_pixels
 
     return _guarded(lambda: display_pixels(data, max_side=max_side, max_pixels=max_pixels))
 
@@ -260,8 +243,8 @@ def _isolated_if_compressed(data: bytes, max_pixels: int, function: Callable[...
     if syntax is None or syntax in _NATIVE_DICOM:
         return function(data, max_pixels, *args)
     # Compressed pixel data goes through native codecs, GDCM among them, which can abort the process on
-    # hostile input (service.sandbox): decoded in a child process.
-    from service.sandbox import run_isolated
+    # hostile input (service.imaging.sandbox): decoded in a child process.
+    from service.imaging.sandbox import run_isolated
 
     return run_isolated(function, data, max_pixels, *args)
 
@@ -277,26 +260,6 @@ def display_dicom(data: bytes, *, max_side: int, max_pixels: int = DEFAULT_MAX_P
     if sniff_format(data) != "dicom":
         raise UnsupportedMediaType("Not a DICOM file.")
     return _isolated_if_compressed(data, max_pixels, _display_dicom, max_side)
-
-
-def check_pixel_limit(width: int, height: int, max_pixels: int) -> None:
-    if width <= 0 or height <= 0:
-        raise InvalidImage(f"Image declares an empty size ({width}x{height}).")
-    if width * height > max_pixels:
-        raise PayloadTooLarge(
-            f"Image declares {width}x{height} = {width * height} pixels; the limit is {max_pixels}."
-        )
-
-
-def to_training_scale(pixels: np.ndarray) -> np.ndarray:
-    """Bring the shorter side to SHORT_SIDE with INTER_AREA, as the training PNGs were made; never enlarge."""
-    height, width = pixels.shape[:2]
-    short = min(height, width)
-    if short <= SHORT_SIDE:
-        return pixels
-    scale = SHORT_SIDE / short
-    size = (round(width * scale), SHORT_SIDE) if height <= width else (SHORT_SIDE, round(height * scale))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 _JPEG_COLOUR = {
@@ -372,7 +335,7 @@ def decode(
 ) -> DecodedImage:
     """Decode PNG, JPEG or DICOM bytes to 8-bit grayscale at training scale, measuring the share of coloured
     pixels (`colour_fraction`, for the input-domain check) unless `colour` is False. `policy` says which
-    DICOM images are accepted (default: service.dicom.DicomPolicy's defaults; the service passes its
+    DICOM images are accepted (default: service.imaging.dicom.DicomPolicy's defaults; the service passes its
     settings').
 
     Raises InvalidImage (corrupt or empty), PayloadTooLarge (over `max_pixels`, from the header) or

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from service.decode import DecodedImage, check_pixel_limit, to_training_scale
 from service.errors import InvalidImage, UnsupportedDicom
+from service.imaging.pixels import DecodedImage, check_pixel_limit, to_training_scale
 
 logger = logging.getLogger(__name__)
 

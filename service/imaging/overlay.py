@@ -1,8 +1,8 @@
 """The class activation map drawn on the radiograph: one blend, shared by `cxr predict --heatmap`,
 `cxr evaluate`'s CAM grid and the Secondary Capture `cxr pacs` writes, so every picture of a heatmap is
-made the same way (the web page draws the same Jet map in the browser, service/static/app.js).
+made the same way (the web page draws the same Jet map in the browser, service/api/static/app.js).
 
-Input is the heatmap as /v1/classify?heatmap=true returns it (`service.preprocess.cam_levels`: uint8,
+Input is the heatmap as /v1/classify?heatmap=true returns it (`service.imaging.preprocess.cam_levels`: uint8,
 255 at the map's own maximum) on the grid of the grey image it is blended onto.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from service.imaging.preprocess import Geometry, cam_levels
 
 COLORMAPS: dict[str, int] = {
     "jet": cv2.COLORMAP_JET,
@@ -49,3 +51,13 @@ def blend(
         raise ValueError("opacity must be within [0, 1]")
     base = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
     return np.asarray(cv2.addWeighted(base, 1.0 - opacity, colorize(levels, colormap), opacity, 0.0))
+
+
+def cam_overlay(pixels: np.ndarray, cam: np.ndarray, geometry: Geometry, alpha: float = 0.45) -> np.ndarray:
+    """BGR image: the decoded X-ray with the positive-class CAM (scaled to its own max) as a heat overlay."""
+    heat, _ = cam_levels(cam, geometry)  # the levels /v1/classify?heatmap=true returns
+    mixed = blend(pixels, heat, opacity=alpha)  # the one overlay, also drawn into the PACS's SC
+    if not geometry.turns % 4:  # the box is on the turned-back film's grid otherwise
+        x0, y0, x1, y1 = geometry.box
+        cv2.rectangle(mixed, (x0, y0), (x1 - 1, y1 - 1), (255, 255, 255), 1)
+    return mixed

@@ -10,7 +10,7 @@ Waiting for a batch to fill happens only where it can pay: never when the maximu
 request that arrived while the worker was idle (it runs at once: no other request was in sight). A
 request that arrived while a batch was running is a sign of load; its batch may wait until `max_delay_s`
 after that request was queued (monotonic clock) for more. `warm()` times the batch sizes and, with the
-`auto` policy, lowers `max_batch_size` to the largest size that raises images/s (service.batch_policy).
+`auto` policy, lowers `max_batch_size` to the largest size that raises images/s (service.inference.batch_policy).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Protocol
 
 import numpy as np
 
-from service.batch_policy import BatchPolicy, Mode, choose_max_batch_size, measure
 from service.errors import DeadlineExceeded, ModelNotReady, Overloaded
+from service.inference.batch_policy import BatchPolicy, Mode, choose_max_batch_size, measure
 
 logger = logging.getLogger(__name__)
 
