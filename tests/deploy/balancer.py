@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.serverproc import bound_url
-from tests.serverproc import wait_for_status as _wait_for_status
+from tests.support.serverproc import bound_url
+from tests.support.serverproc import wait_for_status as _wait_for_status
 
 ROOT = Path(__file__).resolve().parents[2]
 NGINX_TEMPLATE = ROOT / "deploy" / "nginx.conf"

@@ -28,7 +28,7 @@ from pacs.settings import PacsSettings, add_cli_flags, from_cli
 from service.api.app import create_app
 from service.server import _RESPONSE_GRACE_S
 from service.settings import Settings
-from tests.tinymodel import make_tiny_model
+from tests.support.tinymodel import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 _VARIABLE = re.compile(r"\$(?:\$|\{(\w+)(?::?-([^}]*))?\})")

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.deploy.podman import Podman, Unavailable, ensure_base_image, podman
-from tests.tinymodel import blob_image, encode
+from tests.support.tinymodel import blob_image, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT.parent / "shared" / "data" / "cxr"

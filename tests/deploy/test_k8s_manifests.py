@@ -21,7 +21,7 @@ from service.metrics import Metrics
 from service.server import _RESPONSE_GRACE_S
 from service.settings import Settings
 from tests.deploy.kustomize import load_documents, render
-from tests.tinymodel import make_tiny_model
+from tests.support.tinymodel import make_tiny_model
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 COMPONENTS = sorted(path for path in (K8S / "components").iterdir() if path.is_dir())

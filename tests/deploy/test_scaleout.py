@@ -29,7 +29,7 @@ from tests.deploy.balancer import (
     wait_for_replica,
     wait_for_status,
 )
-from tests.tinymodel import blob_image, encode, make_tiny_model
+from tests.support.tinymodel import blob_image, encode, make_tiny_model
 
 NGINX = nginx_binary()
 pytestmark = [

@@ -16,7 +16,7 @@ from onnx import helper
 from tritonclient.grpc import model_config_pb2
 
 from export.triton import CONFIG_FILE, LABELS_FILE, write_config
-from tests.tinymodel import build_graph, make_tiny_model
+from tests.support.tinymodel import build_graph, make_tiny_model
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "models"
 BUNDLED = sorted(REPOSITORY.glob(f"*/{CONFIG_FILE}")) if REPOSITORY.is_dir() else []

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from export.calibrate import calibrated, fit, with_logit_output
-from tests.tinymodel import build_graph
+from tests.support.tinymodel import build_graph
 
 
 def _run(model: bytes, batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,8 +12,7 @@ from export.dataset import LABELS_BINARY, read_manifest
 from export.train import load_examples, training_tensor
 from service.imaging.decode import decode
 from service.inference.model import OnnxModel, default_repository, find_versions
-
-from .conftest import synthetic_xray
+from tests.support.synthetic import synthetic_xray
 
 
 def _bundled() -> OnnxModel:

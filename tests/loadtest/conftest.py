@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.images import synthetic_samples
-from tests.tinymodel import make_tiny_model
+from tests.support.tinymodel import make_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 
 from pacs.settings import PacsSettings
-from tests.tinymodel import make_tiny_model
+from tests.support.tinymodel import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DICOM_SAMPLES = ROOT.parent / "shared" / "data" / "dicom"

@@ -19,8 +19,8 @@ from pydicom.uid import generate_uid
 
 from pacs.cli import run
 from pacs.state import StateStore
-from tests.dicoms import chest_set
 from tests.pacs.conftest import ROOT, Orthanc, Service, free_port, report_rows, settings, wait_for
+from tests.support.dicoms import chest_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

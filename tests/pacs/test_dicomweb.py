@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from tests.dicoms import make_dicom, phantom, quantise, variants
 from tests.pacs.conftest import (
     Orthanc,
     Service,
@@ -20,6 +19,7 @@ from tests.pacs.conftest import (
     real_samples,
     report_rows,
 )
+from tests.support.dicoms import make_dicom, phantom, quantise, variants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -11,7 +11,6 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pacs.cli import run
-from tests.dicoms import variants
 from tests.pacs.conftest import (
     GET_AE,
     LISTENER_AE,
@@ -26,6 +25,7 @@ from tests.pacs.conftest import (
     settings,
     wait_for,
 )
+from tests.support.dicoms import variants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

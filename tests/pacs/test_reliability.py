@@ -22,7 +22,6 @@ from pacs.pipeline import Processor
 from pacs.report import Report
 from pacs.source import InstanceRef
 from pacs.state import StateStore
-from tests.dicoms import chest_set
 from tests.pacs.conftest import (
     ROOT,
     Orthanc,
@@ -33,6 +32,7 @@ from tests.pacs.conftest import (
     settings,
     wait_for,
 )
+from tests.support.dicoms import chest_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -18,8 +18,6 @@ from pydicom.uid import generate_uid
 from pacs.cli import run
 from pacs.sc import NOT_ANALYSED_SERIES_DESCRIPTION
 from service.imaging.overlay import blend, colorize
-from tests import domainstub
-from tests.dicoms import make_dicom, phantom, quantise
 from tests.pacs.conftest import (
     Orthanc,
     Service,
@@ -30,6 +28,8 @@ from tests.pacs.conftest import (
     sc_by_source,
     settings,
 )
+from tests.support import domainstub
+from tests.support.dicoms import make_dicom, phantom, quantise
 
 logger = logging.getLogger(__name__)
 

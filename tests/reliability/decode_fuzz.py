@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
-from tests.dicoms import make_dicom
-from tests.tinymodel import png_bomb
+from tests.support.dicoms import make_dicom
+from tests.support.tinymodel import png_bomb
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 BYTES_PER_PIXEL_BOUND = 64

@@ -19,15 +19,15 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serverproc import Server, start_server, wait_ready
-from tests.tinymodel import make_tiny_model
+from tests.support.serverproc import Server, start_server, wait_ready
+from tests.support.tinymodel import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_KEY = "tiny/1"
 
 
 class Service(Server):
-    """One running server (tests.serverproc.Server), with what the reliability checks read from it."""
+    """One running server (tests.support.serverproc.Server), with what the reliability checks read from it."""
 
     def rss_bytes(self) -> int:
         """Resident memory of the server process now (0 once it has exited)."""
@@ -76,7 +76,7 @@ def free_port() -> int:
 def start(
     model_dir: Path, log: Path, *flags: str, delay_s: float = 0.0, env: dict[str, str] | None = None
 ) -> Service:
-    """Launch `cxr serve` on a free loopback port without waiting for it (tests.serverproc.start_server)."""
+    """Launch `cxr serve` on a free loopback port without waiting for it (tests.support.serverproc.start_server)."""
     server = start_server(model_dir, log, *flags, port=free_port(), delay_s=delay_s, env=env)
     return Service(server.process, server.log, server.url)
 

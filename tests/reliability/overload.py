@@ -24,7 +24,7 @@ from tests.reliability.load import (
     statuses,
     throughput,
 )
-from tests.tinymodel import blob_image, encode
+from tests.support.tinymodel import blob_image, encode
 
 BATCH_DELAY_S = 0.1
 """Model time per batch (any size up to MAX_BATCH): peak ~40 images/s, set by the model, as with a CNN."""

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from tests.dicoms import make_dicom
 from tests.reliability.harness import Service
-from tests.tinymodel import blob_image, encode
+from tests.support.dicoms import make_dicom
+from tests.support.tinymodel import blob_image, encode
 
 PATIENT_NAME = "Quixote^Alonso^Quijano"
 PATIENT_ID = "MRN-8675309"

@@ -2,7 +2,7 @@
 settings' repr, and no patient identifier or pixel byte in anything a real server writes.
 
 Covered elsewhere, and listed with these in docs/reliability.md: the key gate, hashed keys, CORS off by
-default (tests/service/test_app.py), security headers on the web page (tests/web/test_routes.py), the
+default (tests/service/api/test_app.py), security headers on the web page (tests/web/test_routes.py), the
 container's non-root user (tests/deploy/test_compose.py)."""
 
 from __future__ import annotations

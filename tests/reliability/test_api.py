@@ -1,6 +1,6 @@
 """API fuzzing (bounded) with schemathesis against the service's own OpenAPI schema on a real server.
 
-The long run is `python -m tests.reliability.report` (docs/reliability.md)."""
+The long run is `python -m scripts.reliability_report` (docs/reliability.md)."""
 
 from __future__ import annotations
 

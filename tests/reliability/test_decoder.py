@@ -1,6 +1,6 @@
 """Decoder fuzzing (bounded) and decompression bombs, each input decoded in a separate worker process.
 
-The long run is `python -m tests.reliability.report` (docs/reliability.md)."""
+The long run is `python -m scripts.reliability_report` (docs/reliability.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from pydicom.encaps import encapsulate, generate_fragmented_frames
 
 from service.errors import InvalidImage, PayloadTooLarge
 from service.imaging.decode import DEFAULT_MAX_PIXELS, decode
-from tests.dicoms import make_dicom
 from tests.reliability.decode_fuzz import (
     BYTES_PER_PIXEL_BOUND,
     DecodeWorker,
@@ -27,6 +26,7 @@ from tests.reliability.decode_fuzz import (
     real_seeds,
     synthetic_seeds,
 )
+from tests.support.dicoms import make_dicom
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,10 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.dicoms import make_dicom
 from tests.reliability import faults
 from tests.reliability.decode_fuzz import _gradient
 from tests.reliability.harness import Service, running, tiny_model_dir
+from tests.support.dicoms import make_dicom
 
 pytestmark = pytest.mark.slow
 

@@ -26,6 +26,6 @@ def test_four_times_peak_answers_only_2xx_or_503_within_deadline_and_memory_then
     assert figures.problems(throughput=False) == [], figures.as_dict()
     assert figures.statuses.get("503", 0) > 0  # the overload was real: the queue bound was reached
     assert figures.statuses.get("200", 0) > 0  # and the model kept working meanwhile
-    # How close to the peak it worked, and recovered, is a figure for the report (tests.reliability.report)
+    # How close to the peak it worked, and recovered, is a figure for the report (scripts.reliability_report)
     # and the benchmark: this suite may share its cores with other work.
     assert "Traceback" not in log

@@ -14,10 +14,10 @@ import pytest
 
 from service.inference.batch_policy import choose_max_batch_size
 from service.inference.batcher import batch_sizes
-from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
-from tests.serverproc import Server, start_server, wait_bound
-from tests.service.conftest import PNG_HEADERS, metric, png
-from tests.tinymodel import blob_image, encode
+from tests.support.app import PNG_HEADERS, metric, png
+from tests.support.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
+from tests.support.serverproc import Server, start_server, wait_bound
+from tests.support.tinymodel import blob_image, encode
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

@@ -28,7 +28,7 @@ from service.errors import InvalidImage, PayloadTooLarge, UnsupportedDicom, Unsu
 from service.imaging.decode import decode
 from service.imaging.dicom import DicomPolicy, decode_dicom, display_values, window
 from service.settings import Settings, add_cli_flags, from_cli
-from tests.dicoms import make_dicom, phantom, quantise, variants
+from tests.support.dicoms import make_dicom, phantom, quantise, variants
 
 MAX_PIXELS = 10_000_000
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import Server
+from tests.support.serverproc import Server
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip(

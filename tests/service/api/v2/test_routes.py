@@ -16,14 +16,13 @@ from tritonclient.grpc import model_config_pb2
 
 from export.triton import write_config
 from service.inference.model import find_versions
-from tests.v2wire import HEADER_LENGTH, binary_outputs, binary_request, tensor_for, tensor_json
-
-from .conftest import PNG_HEADERS, png, serve, settings_for
+from tests.support.app import PNG_HEADERS, png, serve, settings_for
+from tests.support.v2wire import HEADER_LENGTH, binary_outputs, binary_request, tensor_for, tensor_json
 
 pytestmark = pytest.mark.anyio
 
 INFER = "/v2/models/tiny/infer"
-SIZE = 32  # tests.tinymodel's default input size
+SIZE = 32  # tests.support.tinymodel's default input size
 
 
 def assert_v2_error(response: httpx.Response, status: int) -> str:

@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.serverproc import ROOT
-from tests.service.conftest import serve, settings_for
-from tests.tinymodel import blob_image, encode, make_tiny_model
+from tests.support.app import serve, settings_for
+from tests.support.serverproc import ROOT
+from tests.support.tinymodel import blob_image, encode, make_tiny_model
 
 pytestmark = pytest.mark.anyio
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from service.api.web import SECURITY_HEADERS
-from tests.dicoms import identified_dicom
-from tests.service.conftest import PNG_HEADERS, png, serve, settings_for
-from tests.tinymodel import blob_image, encode
+from tests.support.app import PNG_HEADERS, png, serve, settings_for
+from tests.support.dicoms import identified_dicom
+from tests.support.tinymodel import blob_image, encode
 
 pytestmark = pytest.mark.anyio
 

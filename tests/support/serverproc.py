@@ -54,7 +54,7 @@ def wait_for_status(
             time.sleep(0.02)
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass

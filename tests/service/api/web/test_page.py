@@ -21,10 +21,10 @@ import pytest
 from service.api.web import SECURITY_HEADERS
 from service.inference.decision import NOTICE
 from service.inference.model import default_repository, find_versions
-from tests.dicoms import identified_dicom
-from tests.serverproc import Server, serving
-from tests.shareddata import SHARED_DATA
-from tests.tinymodel import blob_image, encode, make_tiny_model
+from tests.support.dicoms import identified_dicom
+from tests.support.serverproc import Server, serving
+from tests.support.shareddata import SHARED_DATA
+from tests.support.tinymodel import blob_image, encode, make_tiny_model
 
 pytestmark = pytest.mark.slow
 expect = pytest.importorskip(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA") or ROOT.parent / "shared" / "data")
 CXR = SHARED_DATA / "cxr"
 BUNDLED_MODELS = ROOT / "models"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import ROOT, Server, serving
-from tests.tinymodel import make_tiny_model
+from tests.support.serverproc import ROOT, Server, serving
+from tests.support.tinymodel import make_tiny_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

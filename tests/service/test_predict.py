@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from service.inference.decision import NOTICE
 from service.inference.model import default_repository, find_versions
-
-from .conftest import synthetic_xray
+from tests.support.synthetic import synthetic_xray
 
 pytestmark = pytest.mark.skipif(
     not find_versions(default_repository()), reason="no bundled model under models/"
@@ -31,7 +31,7 @@ def test_predict_png_prints_label_and_probabilities(tmp_path: Path) -> None:
     cv2.imwrite(str(image), synthetic_xray(np.random.default_rng(0), False, size=256))
     table = _cxr("predict", str(image), "--domain-policy", "flag")
     assert table.returncode == 0, table.stderr
-    assert "RESEARCH USE ONLY" in table.stdout
+    assert NOTICE in table.stdout  # the one research-use notice (service.inference.decision)
     assert str(image) in table.stdout
     jsonl = _cxr("predict", str(image), "--format", "jsonl", "--domain-policy", "flag")
     record = json.loads(jsonl.stdout)

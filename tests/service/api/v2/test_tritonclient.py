@@ -18,10 +18,10 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from export.triton import write_config
-from tests.serverproc import Server, serving
-from tests.service.conftest import png
-from tests.tinymodel import make_tiny_model
-from tests.v2wire import tensor_for, tensor_json
+from tests.support.app import png
+from tests.support.serverproc import Server, serving
+from tests.support.tinymodel import make_tiny_model
+from tests.support.v2wire import tensor_for, tensor_json
 
 pytestmark = pytest.mark.slow
 

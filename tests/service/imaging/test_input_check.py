@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import PNG_HEADERS, metric, serve, settings_for
-from tests.shareddata import BUNDLED_MODELS, BUNDLED_VERSION, need_shared_data, split_film
-from tests.tinymodel import blob_image, encode, make_tiny_model
+from tests.support.app import PNG_HEADERS, metric, serve, settings_for
+from tests.support.shareddata import BUNDLED_MODELS, BUNDLED_VERSION, need_shared_data, split_film
+from tests.support.tinymodel import blob_image, encode, make_tiny_model
 
 pytestmark = pytest.mark.anyio
 

@@ -24,9 +24,9 @@ from service.api.app import create_app
 from service.inference.batch_policy import choose_max_batch_size
 from service.inference.batcher import batch_sizes
 from service.inference.model import ModelIntegrityError
-from tests.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
-from tests.service.conftest import PNG_HEADERS, Gate, metric, png, serve, settings_for, wait_until
-from tests.tinymodel import blob_image, encode, make_tiny_model, png_bomb
+from tests.support.app import PNG_HEADERS, Gate, metric, png, serve, settings_for, wait_until
+from tests.support.dicoms import IDENTIFYING_FILENAME, PATIENT_ID, PATIENT_NAME, identified_dicom
+from tests.support.tinymodel import blob_image, encode, make_tiny_model, png_bomb
 
 pytestmark = pytest.mark.anyio
 
@@ -239,7 +239,9 @@ async def test_invalid_parameters_are_422_and_unknown_model_404(model_dir: Path)
         no_files = await client.post("/v1/classify", data={"note": "x"}, files={"empty": (None, b"")})
         unknown = await client.post("/v1/classify?model=other", content=png(), headers=PNG_HEADERS)
         version = await client.post("/v1/classify?model=tiny&version=9", content=png(), headers=PNG_HEADERS)
-        route = await client.get("/v1/nothing")  # under /v2 the protocol's body (tests/service/test_v2.py)
+        route = await client.get(
+            "/v1/nothing"
+        )  # under /v2 the protocol's body (tests/service/api/v2/test_routes.py)
         method = await client.get("/v1/classify")
     assert "heatmap" in assert_problem(heatmap, 422)["detail"]
     assert "model" in assert_problem(name, 422)["detail"]
