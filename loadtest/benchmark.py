@@ -17,7 +17,7 @@ One invocation, one machine, the same model and images for every target:
    and beside that floor receiving the films at 0.95 x the limit's rate (loadtest.sweeps.beside_floor);
 5. a GPU section when a CUDA provider is usable (else skipped, saying why).
 
-It writes `results.json`, `benchmarks.md` and the throughput-vs-p99 plot (loadtest/report.py). The
+It writes `results.json`, `benchmarks.md` and the throughput-vs-p99 plot (loadtest/bench_report.py). The
 benchmark is a command of its own (minutes); `--quick` is the seconds-long smoke run the tests use.
 """
 
@@ -36,7 +36,7 @@ from typing import Any, get_args
 
 import onnxruntime as ort
 
-from loadtest import limit, report
+from loadtest import bench_report, limit
 from loadtest.images import Sample, load_samples
 from loadtest.plan import DEFAULT_TARGETS, TARGETS, Plan
 from service.imaging.pixels import ImageFormat
@@ -279,7 +279,7 @@ def run(plan: Plan) -> dict[str, Any]:
     results["runs"], results["overload"], results["batching"] = sweeps.measure_targets(
         plan, paired=in_process.paired_round
     )
-    peak = report.peak_run(results["runs"], "service")
+    peak = bench_report.peak_run(results["runs"], "service")
     if peak:  # what stock uvicorn costs per request at the service's peak concurrency
         results["http_floor"] = sweeps.http_floor(plan, int(peak["level"]))
     results["beside_floor"] = sweeps.beside_floor(plan, *in_process.best_pipeline())
@@ -287,9 +287,9 @@ def run(plan: Plan) -> dict[str, Any]:
     results["gpu"] = _gpu(plan)
     # Load at the end too: other processes that started during the run took CPU from its figures.
     results["host"]["load_average_at_end"] = list(os.getloadavg())
-    results["acceptance"] = report.acceptance(results)
+    results["acceptance"] = bench_report.acceptance(results)
     (plan.out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    report.write(results, plan.out_dir)
+    bench_report.write(results, plan.out_dir)
     return results
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from loadtest.report import acceptance, beside_floor_paragraph
+from loadtest.bench_report import acceptance, beside_floor_paragraph
 
 
 def _run(
