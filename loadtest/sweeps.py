@@ -265,7 +265,7 @@ def http_floor(plan: Plan, clients: int) -> dict[str, Any]:
 
 BESIDE_FLOOR_FRACTION = 0.95
 """The HTTP floor beside the limit is offered this share of the limit's images/s as requests/s: the
-service/limit target set for this project (issue 20)."""
+service/limit target set for this project (docs/benchmark-history.md)."""
 
 
 class _LimitProcess:

@@ -26,11 +26,8 @@ _SHA256_KEY = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def _default_decode_workers() -> int:
-    # One decode thread per core, the ONNX Runtime thread sharing a core with one of them: decoding and
-    # preprocessing a full-size X-ray (~35 ms of CPU with the bundled model's lung segmenter) cost ten
-    # times its inference (~3 ms), so a core kept for ONNX Runtime mostly idles. Measured on 2 cores,
-    # full-size JPEGs, 8 clients, with the tiny test model: 40 -> 60-70 images/s; `cxr bench` measures the
-    # bundled model both ways (docs/benchmarks.md, "Service settings").
+    # One decode thread per core, the ONNX Runtime thread sharing a core with one of them: decoding costs
+    # about ten times inference, so a core kept for ONNX Runtime mostly idles (docs/design-notes.md).
     return usable_cpus()
 
 
@@ -53,12 +50,8 @@ class Settings(BaseSettings):
         description="auto: batch only up to the size whose warm-up images/s still rose (at most "
         "max_batch_size); fixed: up to max_batch_size",
     )
-    # 0 by default: a wait never raised images/s where measured (issue 20). The service with batch 8 forced
-    # on the 2-core CPU, 2 ms against 0 in three 12-round alternating A/Bs: 1.07x, 1.05x, 0.81x (noise of
-    # a shared machine, no consistent sign); the batcher alone with a GPU-like model (1.5 ms + 0.1 ms per
-    # image per batch): the same images/s at 10-30 % load, p50 +1 ms, closed loop at 16 clients -3 %; with
-    # 20 ms batches no effect at all (requests queued under load have waited longer than 2 ms already).
-    # What a wait buys is fewer, larger batches (device time) for some latency: an operator's choice.
+    # 0 by default: a wait never raised images/s where it was measured (docs/design-notes.md); what a wait
+    # buys is fewer, larger batches (device time) for some latency, an operator's choice.
     max_queue_delay_ms: float = Field(
         default=0.0,
         ge=0,

@@ -3,9 +3,7 @@
 Why: glibc serves allocations above 128 KiB (a threshold it raises as blocks are freed) with mmap, and
 gives the top of the heap back to the kernel whenever more than 128 KiB of it is free. A service that
 receives 2.5 MB films and decodes them into multi-megabyte arrays then asks the kernel for fresh pages
-on every request, and each new page costs a fault and zeroing. Measured with strace and per-thread CPU
-time, uvicorn with a body-discarding app and 2.5 MB JPEG bodies: 12 brk calls per request and 2.2 ms of
-CPU per request on the event loop thread (1.9 ms of it in the kernel); with the settings below 0.4 ms.
+on every request, and each new page costs a fault and zeroing (measured: docs/design-notes.md).
 
 The memory stays bounded: the heap keeps at most its own peak plus `retain_mib` free at the top, and the
 peak is bounded by the queue capacity. Other C libraries (musl) have no mallopt: nothing is changed there.

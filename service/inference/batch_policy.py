@@ -18,13 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 MARGIN = 0.10
-"""A step up in batch size must raise images/s by more than this to be kept. Measured on the shared 2-core
-CPU with the bundled model: repeating the whole warm-up measurement, batch 2 over batch 1 read from -4 %
-to +5 % on a quiet machine (and far lower under heavy load, where a longer run is preempted more often);
-and inference alone flatters batching, because in the service the decoders share the caches and memory
-bandwidth with it (batch 8 over batch 1: +3 % alone, -8 % in the in-process pipeline in issue 20's run).
-A GPU clears the margin easily: each doubling of the batch raises its images/s by half or more until it
-saturates."""
+"""A step up in batch size must raise images/s by more than this to be kept: above the spread of repeated
+warm-up measurements on a shared CPU, well below what a GPU gains per doubling (docs/design-notes.md)."""
 
 REPEATS = 5
 """Timed runs of each size (after one untimed run: a shape's first run is slow)."""
