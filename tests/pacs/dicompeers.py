@@ -94,7 +94,9 @@ def store(
     tls: ssl.SSLContext | None = None,
 ) -> Sent:
     """One association, one C-STORE of `payload` (Part 10 bytes, or a file sent as it is)."""
-    header = dcmread(DicomBytesIO(payload) if isinstance(payload, bytes) else payload, stop_before_pixels=True)
+    header = dcmread(
+        DicomBytesIO(payload) if isinstance(payload, bytes) else payload, stop_before_pixels=True
+    )
     dataset: Any = dcmread(DicomBytesIO(payload), force=True) if isinstance(payload, bytes) else payload
     ae = AE(ae_title=calling)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20

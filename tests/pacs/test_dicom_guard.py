@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
+from pacs.dimse import DimseClient
+from pacs.retry import Backoff, Transient
+from pacs.source import InstanceRef
 from pacs.spool import spool_name
 from pacs.uids import MAX_LENGTH, uid_problem
 from tests.dicoms import chest_set
-from tests.pacs.conftest import Service, load, real_samples, report_rows, wait_for
+from tests.pacs.conftest import Service, cxr, free_port, load, real_samples, report_rows, wait_for
 from tests.pacs.dicompeers import (
     OUR_AE,
     PACS_AE,
@@ -106,7 +109,9 @@ def test_hostile_uids_are_refused_and_nothing_is_written_outside_the_spool(
         }
         after = files_under(tmp_path)
         # the same image with its own, conformant UIDs is stored (and classified, in dry run)
-        accepted = store(listener.port, hostile_file(radiograph, tmp_path / "good"), calling="ATTACKER").status
+        accepted = store(
+            listener.port, hostile_file(radiograph, tmp_path / "good"), calling="ATTACKER"
+        ).status
         report = listener.config.report
         assert report is not None
         wait_for(lambda: bool(report_rows(report)), 60, "the good image classified")
@@ -210,3 +215,34 @@ def test_a_silent_connection_is_closed_within_the_artim_timeout(tmp_path: Path, 
         elapsed = time.monotonic() - started
     assert elapsed < 5.0, elapsed
     assert closed in (b"", b"\x07")
+
+
+def test_the_c_move_destination_admits_only_the_pacs_and_keeps_only_what_it_asked_for() -> None:
+    move_port = free_port()
+    client = DimseClient(
+        "127.0.0.1",
+        free_port(),  # no PACS there: the retrieval fails, the C-MOVE destination is up all the same
+        pacs_ae=PACS_AE,
+        ae_title="CXRMOVE",
+        retrieve_with="move",
+        move_port=move_port,
+        timeout_s=5,
+        backoff=Backoff(attempts=1),
+    )
+    image = chest_set(generate_uid(), 1)[0]
+    try:
+        with pytest.raises(Transient):
+            client.retrieve(InstanceRef(generate_uid(), generate_uid(), generate_uid()))
+        attacker = store(move_port, image, calling="ATTACKER", called="CXRMOVE")
+        wrong_called = store(move_port, image, calling=PACS_AE, called="ANYTHING")
+        not_asked_for = store(move_port, image, calling=PACS_AE, called="CXRMOVE")
+    finally:
+        client.close()
+    assert (attacker.established, attacker.rejected) == (False, True)
+    assert (wrong_called.established, wrong_called.rejected) == (False, True)
+    assert not_asked_for.status == _CANNOT_UNDERSTAND
+
+
+def test_help_states_the_default_allow_list() -> None:
+    shown_help = " ".join(cxr("pacs", "--help").stdout.split())
+    assert "from --pacs-ae alone" in shown_help and "--allow-calling-ae" in shown_help
