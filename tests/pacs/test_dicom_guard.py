@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from pydicom.uid import generate_uid
 
 from pacs.dimse import DimseClient
 from pacs.retry import Backoff, Transient
+from pacs.settings import PacsSettings
 from pacs.source import InstanceRef
 from pacs.spool import spool_name
 from pacs.uids import MAX_LENGTH, uid_problem
@@ -246,3 +248,35 @@ def test_the_c_move_destination_admits_only_the_pacs_and_keeps_only_what_it_aske
 def test_help_states_the_default_allow_list() -> None:
     shown_help = " ".join(cxr("pacs", "--help").stdout.split())
     assert "from --pacs-ae alone" in shown_help and "--allow-calling-ae" in shown_help
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"study_uids": ["1.2.3", "/../x"]}, "--study-uid"),
+        ({"allowed_calling_aes": ["A" * 17]}, "allowed calling AE title"),
+        ({"allowed_peers": ["10.0.0.0/33"]}, "allowed_peers"),
+        ({"dicom_tls_cert": Path(__file__)}, "together"),
+        ({"listen": True, "dicom_tls": True}, "needs --dicom-tls-cert"),
+        (
+            {
+                "listen": True,
+                "dicom_tls": True,
+                "dicom_tls_cert": Path(__file__),
+                "dicom_tls_key": Path(__file__),
+            },
+            "needs --dicom-tls-ca",
+        ),
+    ],
+)
+def test_unsafe_or_inconsistent_dicom_settings_fail_before_any_connection(
+    tmp_path: Path, values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        PacsSettings(state=tmp_path / "s.sqlite", dimse_host="127.0.0.1", **values)
+
+
+def test_the_default_allow_list_is_the_pacs_alone_and_a_list_replaces_it(tmp_path: Path) -> None:
+    base = {"state": tmp_path / "s.sqlite", "dimse_host": "127.0.0.1", "pacs_ae": "PACS"}
+    assert PacsSettings(**base).calling_aes == ("PACS",)
+    assert PacsSettings(**base, allowed_calling_aes="DX1, DX2,CR3").calling_aes == ("DX1", "DX2", "CR3")
