@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 import threading
+import warnings
 from types import FrameType
 from typing import Any
 
@@ -25,7 +26,9 @@ EXIT_SETTINGS = 2
 DESCRIPTION = (
     "Classify chest radiographs from a PACS (DICOMweb or DIMSE, or as a C-STORE listener) through a cxr "
     "service and write the results back as a DICOM SR and a heatmap Secondary Capture. RESEARCH USE ONLY: "
-    "not for diagnosis."
+    "not for diagnosis. The listener and the C-MOVE destination accept associations only when called with "
+    "--ae-title and only from the calling AE titles of --allow-calling-ae; with no list given, from --pacs-ae "
+    "alone (the PACS this command writes to). Everyone else gets A-ASSOCIATE-RJ."
 )
 
 
@@ -60,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
 
 _CHATTY = ("pynetdicom", "highdicom", "httpx", "httpcore")
 """Libraries that log datasets (patient names among them: pynetdicom) or URLs at INFO."""
+_QUOTES_VALUES = "pydicom"
+"""pydicom's validation warnings quote the offending value: a peer's UID of any length, a patient's name."""
 
 
 def run(settings: Any, stop: threading.Event | None = None) -> int:
@@ -67,6 +72,8 @@ def run(settings: Any, stop: threading.Event | None = None) -> int:
     stop = stop or threading.Event()
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger(_QUOTES_VALUES).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning, module=rf"{_QUOTES_VALUES}(\.|$)")
     if threading.current_thread() is threading.main_thread():
         _on_signals(stop)
     if settings.listen:

@@ -4,6 +4,9 @@ Works with any conformant origin server (Orthanc's DICOMweb plugin, dcm4chee-arc
 ...): basic or bearer authentication, TLS verification on by default. Retrieval asks for the stored
 transfer syntax (`transfer-syntax=*`, PS3.18 8.7.3.5.2) so the server does not transcode, and the
 decoder in service.imaging.dicom handles the compressed ones.
+
+Every UID a QIDO answer carries is checked (pacs.uids) before it is used; an answer with one that is not
+conformant is yielded as `Rejected` and never retrieved. URL path segments are percent-quoted all the same.
 """
 
 from __future__ import annotations
@@ -14,18 +17,30 @@ import threading
 import uuid
 from collections.abc import Generator, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from pacs.client import raise_for_status, transport_error
 from pacs.retry import Backoff, Permanent, retry
-from pacs.source import InstanceRef, Query
+from pacs.source import Found, InstanceRef, Query, Rejected
+from pacs.uids import shown, uid_problem
 from service.imaging.dicom import CHEST_BODY_PARTS
 
 logger = logging.getLogger(__name__)
 
 _PAGE = 100
 _DICOM_PART = 'multipart/related; type="application/dicom"'
+
+
+def _segment(uid: str) -> str:
+    """A UID as one URL path segment: checked UIDs are digits and dots, quoted all the same."""
+    return quote(uid, safe="")
+
+
+def _rejected(what: str, value: object) -> Rejected | None:
+    problem = uid_problem(value)
+    return None if problem is None else Rejected(f"{what} in a QIDO answer is not a UID: {problem}")
 
 
 class BearerAuth(httpx.Auth):
@@ -117,30 +132,49 @@ class DicomWebClient:
             if len(batch) < _PAGE:
                 return found
 
-    def search_studies(self, *, modality: str, study_date: str | None = None) -> list[str]:
-        """Study Instance UIDs of studies holding `modality` (ModalitiesInStudy), optionally by StudyDate."""
+    def search_studies(self, *, modality: str, study_date: str | None = None) -> Iterator[str | Rejected]:
+        """Study Instance UIDs of studies holding `modality` (ModalitiesInStudy), optionally by StudyDate;
+        an answer whose UID is not conformant is a `Rejected`."""
         params = {"ModalitiesInStudy": modality}
         if study_date:
             params["StudyDate"] = study_date
-        return [uid for study in self._search("/studies", params) if (uid := value(study, "0020000D"))]
+        for study in self._search("/studies", params):
+            uid = value(study, "0020000D")
+            yield _rejected("Study Instance UID", uid) or str(uid)
 
     def search_series(self, study_uid: str) -> list[dict[str, Any]]:
-        return self._search(f"/studies/{study_uid}/series", {"includefield": "00180015,0008103E"})
+        """The series of a study (`study_uid` checked by the caller), as DICOM JSON."""
+        return self._search(f"/studies/{_segment(study_uid)}/series", {"includefield": "00180015,0008103E"})
 
-    def search_instances(self, study_uid: str, series: dict[str, Any]) -> Iterator[InstanceRef]:
-        series_uid = value(series, "0020000E") or ""
+    def search_instances(self, study_uid: str, series: dict[str, Any]) -> Iterator[InstanceRef | Rejected]:
+        """The instances of a series answer; `Rejected` for one (or a series) whose UIDs are not conformant."""
+        series_uid = value(series, "0020000E")
+        rejected = _rejected("Series Instance UID", series_uid)
+        if rejected is not None:
+            yield rejected
+            return
         modality = value(series, "00080060") or ""
-        for item in self._search(f"/studies/{study_uid}/series/{series_uid}/instances", {}):
-            uid = value(item, "00080018")
-            if uid:
-                yield InstanceRef(study_uid, series_uid, uid, modality, value(item, "00080016") or "")
+        path = f"/studies/{_segment(study_uid)}/series/{_segment(str(series_uid))}/instances"
+        for item in self._search(path, {}):
+            uid, sop_class = value(item, "00080018"), value(item, "00080016")
+            rejected = _rejected("SOP Instance UID", uid) or (
+                _rejected("SOP Class UID", sop_class) if sop_class else None
+            )
+            if rejected is not None:
+                yield rejected
+            else:
+                yield InstanceRef(study_uid, str(series_uid), str(uid), modality, sop_class or "")
 
-    def find(self, query: Query, *, check_body_part: bool) -> Iterator[InstanceRef | tuple[InstanceRef, str]]:
+    def find(self, query: Query, *, check_body_part: bool) -> Iterator[Found]:
         """Studies (one QIDO per modality, or the given UIDs) -> series of a wanted modality -> instances."""
         studies: list[str] = list(query.study_uids)
         if not studies:
             for modality in query.modalities:
-                studies += self.search_studies(modality=modality, study_date=query.study_date)
+                for study in self.search_studies(modality=modality, study_date=query.study_date):
+                    if isinstance(study, Rejected):
+                        yield study
+                    else:
+                        studies.append(study)
         for study_uid in dict.fromkeys(studies):
             for series in self.search_series(study_uid):
                 modality = (value(series, "00080060") or "").upper()
@@ -148,14 +182,22 @@ class DicomWebClient:
                     continue  # other series of the study, our own SRs among them
                 body_part = (value(series, "00180015") or "").strip().upper()
                 for ref in self.search_instances(study_uid, series):
-                    if check_body_part and body_part and body_part not in CHEST_BODY_PARTS:
-                        yield ref, f"BodyPartExamined is {body_part}, not a chest"
+                    if (
+                        isinstance(ref, InstanceRef)
+                        and check_body_part
+                        and body_part
+                        and body_part not in CHEST_BODY_PARTS
+                    ):
+                        yield ref, f"BodyPartExamined is {shown(body_part, 40)}, not a chest"
                     else:
                         yield ref
 
     def retrieve(self, ref: InstanceRef) -> bytes:
-        """WADO-RS one instance, in its stored transfer syntax."""
-        path = f"/studies/{ref.study_uid}/series/{ref.series_uid}/instances/{ref.sop_uid}"
+        """WADO-RS one instance, in its stored transfer syntax (the ref's UIDs are checked ones)."""
+        path = (
+            f"/studies/{_segment(ref.study_uid)}/series/{_segment(ref.series_uid)}"
+            f"/instances/{_segment(ref.sop_uid)}"
+        )
         response = self._call("GET", path, headers={"Accept": f"{_DICOM_PART}; transfer-syntax=*"})
         content_type = response.headers.get("Content-Type", "")
         if content_type.lower().startswith("multipart/"):
@@ -173,7 +215,7 @@ class DicomWebClient:
             + dicom
             + f"\r\n--{boundary}--\r\n".encode("ascii")
         )
-        path = f"/studies/{study_uid}" if study_uid else "/studies"
+        path = f"/studies/{_segment(study_uid)}" if study_uid else "/studies"
         response = self._call(
             "POST",
             path,

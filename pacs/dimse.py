@@ -8,12 +8,20 @@ C-GET (PS3.4 C.4.3) needs no extra network setup: the images come back on the sa
 which this client proposes one presentation context per (storage class, transfer syntax) with the SCP
 role (PS3.7 D.3.3.4), so the PACS can send each image as stored, without transcoding.
 C-MOVE (PS3.4 C.4.2) is what older PACSs offer: the PACS opens a second association to `ae_title` at the
-host and port it has configured for it, so this client runs a C-STORE SCP on `move_port` meanwhile.
+host and port it has configured for it, so this client runs a C-STORE SCP on `move_port` meanwhile, on the
+admission terms of pacs.acceptor (by default: called as `ae_title`, calling as `pacs_ae`, nobody else), and
+keeps only the images it is waiting for.
+
+Every UID a C-FIND answer or a C-GET/C-MOVE sub-operation carries is checked (pacs.uids) before it is used:
+a search answer with a non-conformant one is yielded as `Rejected`; a sub-operation with one, or with an
+image not asked for, or larger than `max_dataset_bytes`, is refused and nothing of it is kept.
+With `tls` every association is DICOM TLS (PS3.15 B.1), the PACS's certificate checked against `host`.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -47,8 +55,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from pacs.acceptor import Admission, serve
 from pacs.retry import Backoff, Permanent, Transient, retry
-from pacs.source import InstanceRef, Query
+from pacs.source import Found, InstanceRef, Query, Rejected
+from pacs.uids import InvalidUid, check_uid, shown, uid_problem
 from service.imaging.dicom import CHEST_BODY_PARTS
 
 logger = logging.getLogger(__name__)
@@ -78,6 +88,18 @@ TRANSFER_SYNTAXES = (
 """What service.imaging.dicom decodes; proposed one per context so nothing needs transcoding."""
 
 _PENDING = (0xFF00, 0xFF01)
+_STORED, _OUT_OF_RESOURCES, _CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000  # PS3.4 B.2.3
+
+
+def dataset_size(event: Any) -> int:
+    """Bytes of the dataset a C-STORE request carries, before anything decodes it."""
+    with event.request.DataSet.getbuffer() as view:
+        return int(view.nbytes)
+
+
+def _rejected(what: str, value: object) -> Rejected | None:
+    problem = uid_problem(value)
+    return None if problem is None else Rejected(f"{what} in a C-FIND answer is not a UID: {problem}")
 
 
 def _status(status: Dataset | None, what: str) -> int:
@@ -109,6 +131,9 @@ class DimseClient:
         retrieve_with: str = "get",
         move_port: int = 11113,
         move_host: str = "127.0.0.1",
+        move_admission: Admission | None = None,
+        tls: ssl.SSLContext | None = None,
+        max_dataset_bytes: int = 256 * 1024**2,
         timeout_s: float = 30.0,
         backoff: Backoff | None = None,
         stop: threading.Event | None = None,
@@ -118,6 +143,12 @@ class DimseClient:
         self.host, self.port, self.pacs_ae, self.ae_title = host, port, pacs_ae, ae_title
         self._retrieve_with = retrieve_with
         self._move_address = (move_host, move_port)
+        self._move_admission = move_admission or Admission(
+            ae_title=ae_title, calling_aes=(pacs_ae,), dimse_timeout_s=timeout_s
+        )
+        self._tls = tls
+        self._max_dataset_bytes = max_dataset_bytes
+        self._awaited: set[str] = set()
         self._timeout_s = timeout_s
         self._backoff = backoff or Backoff()
         self._stop = stop
@@ -138,6 +169,8 @@ class DimseClient:
         return ae
 
     def _associate(self, ae: AE, what: str, **kwargs: Any) -> Association:
+        if self._tls is not None:
+            kwargs["tls_args"] = (self._tls, self.host)
         assoc = ae.associate(self.host, self.port, ae_title=self.pacs_ae, **kwargs)
         if not assoc.is_established:
             detail = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
@@ -171,7 +204,7 @@ class DimseClient:
         result: list[Dataset] = self._with_retry(what, once)
         return result
 
-    def find(self, query: Query, *, check_body_part: bool) -> Iterator[InstanceRef | tuple[InstanceRef, str]]:
+    def find(self, query: Query, *, check_body_part: bool) -> Iterator[Found]:
         """STUDY (ModalitiesInStudy, StudyDate) -> SERIES (Modality, BodyPartExamined) -> IMAGE levels."""
         studies = list(query.study_uids)
         if not studies:
@@ -181,7 +214,13 @@ class DimseClient:
                 identifier.StudyInstanceUID = ""
                 identifier.ModalitiesInStudy = modality
                 identifier.StudyDate = query.study_date or ""
-                studies += [str(found.StudyInstanceUID) for found in self._find(identifier)]
+                for found in self._find(identifier):
+                    uid = found.get("StudyInstanceUID")
+                    rejected = _rejected("Study Instance UID", uid)
+                    if rejected is not None:
+                        yield rejected
+                    else:
+                        studies.append(str(uid))
         for study_uid in dict.fromkeys(studies):
             identifier = Dataset()
             identifier.QueryRetrieveLevel = "SERIES"
@@ -194,13 +233,16 @@ class DimseClient:
                 if modality not in query.modalities:
                     continue
                 body_part = str(series.get("BodyPartExamined", "") or "").strip().upper()
-                yield from self._instances(
-                    study_uid, str(series.SeriesInstanceUID), modality, body_part, check_body_part
-                )
+                series_uid = series.get("SeriesInstanceUID")
+                rejected = _rejected("Series Instance UID", series_uid)
+                if rejected is not None:
+                    yield rejected
+                    continue
+                yield from self._instances(study_uid, str(series_uid), modality, body_part, check_body_part)
 
     def _instances(
         self, study_uid: str, series_uid: str, modality: str, body_part: str, check_body_part: bool
-    ) -> Iterator[InstanceRef | tuple[InstanceRef, str]]:
+    ) -> Iterator[Found]:
         identifier = Dataset()
         identifier.QueryRetrieveLevel = "IMAGE"
         identifier.StudyInstanceUID = study_uid
@@ -208,11 +250,16 @@ class DimseClient:
         identifier.SOPInstanceUID = ""
         identifier.SOPClassUID = ""
         for found in self._find(identifier):
-            ref = InstanceRef(
-                study_uid, series_uid, str(found.SOPInstanceUID), modality, str(found.get("SOPClassUID", ""))
+            sop_uid, sop_class = found.get("SOPInstanceUID"), found.get("SOPClassUID", "")
+            rejected = _rejected("SOP Instance UID", sop_uid) or (
+                _rejected("SOP Class UID", sop_class) if sop_class else None
             )
+            if rejected is not None:
+                yield rejected
+                continue
+            ref = InstanceRef(study_uid, series_uid, str(sop_uid), modality, str(sop_class))
             if check_body_part and body_part and body_part not in CHEST_BODY_PARTS:
-                yield ref, f"BodyPartExamined is {body_part}, not a chest"
+                yield ref, f"BodyPartExamined is {shown(body_part, 40)}, not a chest"
             else:
                 yield ref
 
@@ -237,8 +284,10 @@ class DimseClient:
         received: list[bytes] = []
 
         def on_store(event: Any) -> int:
-            received.append(event.encoded_dataset(include_meta=True))
-            return 0x0000
+            status = self._check_sub_operation(event, {ref.sop_uid}, what)
+            if status == _STORED:
+                received.append(event.encoded_dataset(include_meta=True))
+            return status
 
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
@@ -258,6 +307,28 @@ class DimseClient:
             raise Permanent(f"{what}: the PACS sent no image for this SOP Instance UID")
         return received[0]
 
+    def _check_sub_operation(self, event: Any, awaited: set[str], what: str) -> int:
+        """The C-STORE status for a sub-operation: stored only for an image asked for, of conformant UID,
+        within the size limit (PS3.4 B.2.3 statuses)."""
+        size = dataset_size(event)
+        if size > self._max_dataset_bytes:
+            logger.warning(
+                "%s: a sub-operation of %d bytes refused (limit %d)", what, size, self._max_dataset_bytes
+            )
+            return _OUT_OF_RESOURCES
+        try:
+            uid = check_uid(event.dataset.get("SOPInstanceUID"), "SOP Instance UID")
+        except InvalidUid as error:
+            logger.warning("%s: a sub-operation refused: %s", what, error)
+            return _CANNOT_UNDERSTAND
+        except Exception as error:  # a hostile dataset may break the decoder in any way: refuse it
+            logger.warning("%s: an undecodable sub-operation refused (%s)", what, type(error).__name__)
+            return _CANNOT_UNDERSTAND
+        if uid not in awaited:
+            logger.warning("%s: a sub-operation for an image not asked for refused", what)
+            return _CANNOT_UNDERSTAND
+        return _STORED
+
     def _ensure_move_server(self) -> None:
         with self._server_lock:
             if self._move_server is None:
@@ -266,30 +337,45 @@ class DimseClient:
     def _start_move_server(self) -> Any:
 
         def on_store(event: Any) -> int:
-            data = event.encoded_dataset(include_meta=True)
             with self._moved_lock:
-                self._moved[str(event.dataset.SOPInstanceUID)] = data
-            return 0x0000
+                awaited = set(self._awaited)
+            status = self._check_sub_operation(event, awaited, "C-MOVE destination")
+            if status == _STORED:
+                data = event.encoded_dataset(include_meta=True)
+                with self._moved_lock:
+                    self._moved[str(event.dataset.SOPInstanceUID)] = data
+            return status
 
-        ae = self._ae()
+        ae = self._move_admission.application_entity()
         for sop_class in IMAGE_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
-        return ae.start_server(self._move_address, block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+        return serve(
+            ae,
+            self._move_admission,
+            self._move_address,
+            [(evt.EVT_C_STORE, on_store)],
+            name="cxr-move-destination",
+        )
 
     def _move_once(self, ref: InstanceRef, what: str) -> bytes:
         self._ensure_move_server()
         ae = self._ae()
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-        assoc = self._associate(ae, what)
-        try:
-            for status, _ in assoc.send_c_move(
-                self._image_identifier(ref), self.ae_title, StudyRootQueryRetrieveInformationModelMove
-            ):
-                _raise_for(_status(status, what), what)
-        finally:
-            assoc.release()
         with self._moved_lock:
-            data = self._moved.pop(ref.sop_uid, None)
+            self._awaited.add(ref.sop_uid)
+        try:
+            assoc = self._associate(ae, what)
+            try:
+                for status, _ in assoc.send_c_move(
+                    self._image_identifier(ref), self.ae_title, StudyRootQueryRetrieveInformationModelMove
+                ):
+                    _raise_for(_status(status, what), what)
+            finally:
+                assoc.release()
+        finally:
+            with self._moved_lock:
+                self._awaited.discard(ref.sop_uid)
+                data = self._moved.pop(ref.sop_uid, None)
         if data is None:
             raise Permanent(f"{what}: the PACS moved no image for this SOP Instance UID")
         return data

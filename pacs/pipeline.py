@@ -27,7 +27,7 @@ from pacs.client import Classification, OutOfDomain, ServiceClient
 from pacs.report import Report
 from pacs.retry import Permanent, Transient
 from pacs.sc import Look, build_not_analysed_sc, build_sc, reference_header
-from pacs.source import InstanceRef, Sink
+from pacs.source import InstanceRef, Rejected, Sink
 from pacs.sr import build_sr, encode, header
 from pacs.state import Record, StateStore
 from service.errors import CxrError
@@ -116,6 +116,20 @@ class Processor:
 
     def needs_work(self, ref: InstanceRef) -> bool:
         return self._state.needs_work(ref.sop_uid, retry_failed=self._retry_failed)
+
+    def refuse(self, rejected: Rejected) -> Outcome:
+        """A search answer that cannot be used (a non-conformant UID): reported with the reason, not
+        recorded in the ledger (it has no usable key) and never retrieved."""
+        logger.warning("search answer refused: %s", rejected.reason)
+        self._report.write(
+            {
+                "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                "status": "refused",
+                "error_kind": "invalid-uid",
+                "error": rejected.reason,
+            }
+        )
+        return Outcome("refused", "invalid-uid", rejected.reason)
 
     def skip(self, ref: InstanceRef, reason: str) -> Outcome:
         """Record an image the policy refuses (found at search time, e.g. a hand radiograph)."""

@@ -1,7 +1,8 @@
 """One pass of `cxr pacs`: search the PACS, then classify and write back every image not yet done.
 
 Exit status (for cron): 0 every image found was written, skipped by policy, or done before;
-1 some image failed permanently (see the report and the ledger); 2 bad settings, including what only the
+1 some image failed permanently (see the report and the ledger), or the PACS answered the search with a
+non-conformant UID (refused, in the report: pacs.uids); 2 bad settings, including what only the
 servers can tell (401/403: credentials or API key; an unknown model); 3 the pass is incomplete because the
 PACS or the service stayed unavailable beyond the retry budget (run again later: nothing is lost).
 After the first image whose retries run out on a transient error, or that meets a configuration error,
@@ -27,7 +28,7 @@ from pacs.pipeline import Outcome, Processor
 from pacs.report import Report
 from pacs.retry import Permanent, Transient
 from pacs.settings import PacsSettings
-from pacs.source import InstanceRef, Query
+from pacs.source import InstanceRef, Query, Rejected
 from pacs.state import StateStore
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Summary:
     def exit_code(self) -> int:
         if self.config_error or self.counts.get("failed-config", 0):
             return EXIT_SETTINGS
-        if self.counts.get("failed-permanent", 0):
+        if self.counts.get("failed-permanent", 0) or self.counts.get("refused", 0):
             return EXIT_FAILED
         if self.search_failed or self.stopped_early or self.counts.get("failed-transient", 0):
             return EXIT_INCOMPLETE
@@ -93,6 +94,9 @@ def connect(settings: PacsSettings, stop: threading.Event | None = None) -> Dico
         retrieve_with=settings.retrieve,
         move_port=settings.move_port,
         move_host=settings.listen_host,
+        move_admission=settings.admission() if settings.retrieve == "move" else None,
+        tls=settings.client_tls(),
+        max_dataset_bytes=settings.max_dataset_bytes,
         timeout_s=settings.timeout_s,
         backoff=settings.backoff,
         stop=stop,
@@ -111,10 +115,15 @@ def service_client(settings: PacsSettings, stop: threading.Event | None = None) 
     )
 
 
+def _last_run_key(settings: PacsSettings) -> str:
+    """The last pass's date is per destination, as the ledger is."""
+    return f"{LAST_RUN_KEY}@{settings.destination}"
+
+
 def _query(settings: PacsSettings, state: StateStore) -> Query:
     study_date = settings.study_date
     if settings.since_last_run and not settings.study_uids:
-        last = state.get_meta(LAST_RUN_KEY)
+        last = state.get_meta(_last_run_key(settings))
         if last:
             study_date = f"{last}-"  # studies dated on or after the last pass's day (PS3.4 C.2.2.2.5)
     return Query(tuple(settings.modalities), study_date, tuple(settings.study_uids))
@@ -156,7 +165,7 @@ def run_pass(settings: PacsSettings, *, stop: threading.Event | None = None) -> 
     summary = Summary()
     pass_date = date.today().strftime("%Y%m%d")
     with ExitStack() as stack:
-        state = stack.enter_context(StateStore(settings.state))
+        state = stack.enter_context(StateStore(settings.state, destination=settings.destination))
         report = Report(settings.report)
         stack.callback(report.close)
         connection = connect(settings, stop)
@@ -183,7 +192,9 @@ def run_pass(settings: PacsSettings, *, stop: threading.Event | None = None) -> 
         try:
             for found in connection.find(query, check_body_part=settings.check_body_part):
                 summary.found += 1
-                if isinstance(found, tuple):
+                if isinstance(found, Rejected):
+                    summary.add(processor.refuse(found))
+                elif isinstance(found, tuple):
                     summary.add(processor.skip(*found))
                 elif processor.needs_work(found):
                     todo.append(found)
@@ -201,7 +212,7 @@ def run_pass(settings: PacsSettings, *, stop: threading.Event | None = None) -> 
         logger.info("%d images to process (%d found)", len(todo), summary.found)
         _process_all(settings, processor, connection, todo, summary, stop)
         if not settings.dry_run and summary.exit_code == EXIT_OK:
-            state.set_meta(LAST_RUN_KEY, pass_date)
+            state.set_meta(_last_run_key(settings), pass_date)
     logger.info("pass done: %s", summary.describe())
     return summary
 

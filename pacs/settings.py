@@ -4,22 +4,34 @@ Flags override the environment, which overrides the defaults. Secrets (DICOMweb 
 service API key) are better given through the environment than on a command line that `ps` shows.
 The mode follows from what is given: `--listen` runs the C-STORE listener; otherwise `--dicomweb-url`
 selects DICOMweb and `--dimse-host` DIMSE (C-FIND + C-GET or C-MOVE, C-STORE).
+
+Our DICOM servers (the listener, the C-MOVE destination) accept an association only when it is called
+with our AE title and comes from an allowed calling AE title: by default the PACS's (`--pacs-ae`) alone,
+since it is the one peer this command is told about; a hospital lists its modalities with
+`--allow-calling-ae` (and may restrict addresses with `--allow-peer`).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import re
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pacs.retry import Backoff
+from pacs.tls import client_context, server_context
+from pacs.uids import check_uid
 from service.flags import add_flags, from_flags, split_commas
 
 if TYPE_CHECKING:
+    from pacs.acceptor import Admission
     from pacs.pipeline import Outputs
 
 CommaList = Annotated[list[str], NoDecode]
@@ -64,6 +76,46 @@ class PacsSettings(BaseSettings):
     listen_host: str = Field(default="127.0.0.1", description="listener interface (0.0.0.0 for all)")
     listen_port: int = Field(default=11112, ge=0, le=65535, description="listener port")
     spool_dir: Path | None = Field(default=None, description="listener spool (default: beside the state)")
+    spool_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024**2,
+        description="spool size limit in bytes; a C-STORE that does not fit is answered Out of Resources (0xA700)",
+    )
+    # --- who may talk to the listener and the C-MOVE destination (pacs.acceptor)
+    allowed_calling_aes: CommaList = Field(
+        default_factory=list,
+        description="calling AE titles allowed to associate with the listener and the C-MOVE destination "
+        "(default: only --pacs-ae, the PACS this command writes to); others get A-ASSOCIATE-RJ",
+    )
+    allowed_peers: CommaList = Field(
+        default_factory=list,
+        description="peer addresses or networks (CIDR) allowed to connect (default: any address, "
+        "the AE titles still apply)",
+    )
+    max_associations: int = Field(default=4, ge=1, le=64, description="concurrent associations accepted")
+    max_dataset_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024,
+        description="largest dataset accepted by C-STORE, in bytes (larger: Out of Resources)",
+    )
+    artim_timeout_s: float = Field(
+        default=30.0, gt=0, description="drop a connection that sends no association request within this"
+    )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="drop an association or connection silent for this long"
+    )
+    # --- DICOM TLS (PS3.15 Annex B.1): listener, C-MOVE destination and DIMSE client
+    dicom_tls: bool = Field(
+        default=False, description="DICOM TLS on the listener, C-MOVE destination and DIMSE client"
+    )
+    dicom_tls_cert: Path | None = Field(default=None, description="our certificate (PEM) for DICOM TLS")
+    dicom_tls_key: Path | None = Field(default=None, description="the private key (PEM) of --dicom-tls-cert")
+    dicom_tls_ca: Path | None = Field(
+        default=None, description="CA bundle (PEM) that DICOM TLS peers' certificates are verified with"
+    )
+    dicom_tls_require_client_cert: bool = Field(
+        default=True, description="DICOM TLS servers refuse peers without a certificate --dicom-tls-ca trusts"
+    )
     # --- what to process
     modalities: CommaList = Field(default_factory=lambda: ["CR", "DX"], description="modalities searched")
     study_date: str | None = Field(
@@ -102,7 +154,7 @@ class PacsSettings(BaseSettings):
         default=300.0, ge=0, description="time allowed per operation, retries included"
     )
 
-    @field_validator("modalities", "study_uids", mode="before")
+    @field_validator("modalities", "study_uids", "allowed_calling_aes", "allowed_peers", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         return split_commas(value)
@@ -113,6 +165,48 @@ class PacsSettings(BaseSettings):
         if not value:
             raise ValueError("at least one modality is needed")
         return [item.upper() for item in value]
+
+    @field_validator("study_uids")
+    @classmethod
+    def _conformant_uids(cls, value: list[str]) -> list[str]:
+        for uid in value:
+            check_uid(uid, "a --study-uid")
+        return value
+
+    @field_validator("allowed_calling_aes")
+    @classmethod
+    def _ae_titles(cls, value: list[str]) -> list[str]:
+        for title in value:
+            if not re.fullmatch(_AE_TITLE, title):
+                raise ValueError(
+                    "an allowed calling AE title is not 1-16 characters of the default repertoire"
+                )
+        return value
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad item
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> PacsSettings:
+        if (self.dicom_tls_cert is None) != (self.dicom_tls_key is None):
+            raise ValueError("give --dicom-tls-cert and --dicom-tls-key together")
+        for path in (self.dicom_tls_cert, self.dicom_tls_key, self.dicom_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"DICOM TLS file {path} does not exist")
+        serving = self.listen or (self.dimse_host is not None and self.retrieve == "move")
+        if self.dicom_tls and serving and self.dicom_tls_cert is None:
+            raise ValueError(
+                "DICOM TLS for the listener or the C-MOVE destination needs --dicom-tls-cert/-key"
+            )
+        if self.dicom_tls and serving and self.dicom_tls_require_client_cert and self.dicom_tls_ca is None:
+            raise ValueError(
+                "requiring client certificates needs --dicom-tls-ca (or --no-dicom-tls-require-client-cert)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_mode(self) -> PacsSettings:
@@ -156,10 +250,68 @@ class PacsSettings(BaseSettings):
     def spool(self) -> Path:
         return self.spool_dir or self.state.parent / "spool"
 
+    @property
+    def calling_aes(self) -> tuple[str, ...]:
+        """Who may associate with our servers. With no list given: the PACS we are configured for, and no
+        one else. That is the one peer `cxr pacs` is told about, which is the one that routes images to
+        the listener and performs our C-MOVEs; any other modality must be named by the hospital."""
+        return tuple(self.allowed_calling_aes) or (self.pacs_ae,)
+
+    def admission(self) -> Admission:
+        """The terms our DICOM servers (listener, C-MOVE destination) accept associations on."""
+        from pacs.acceptor import Admission  # pynetdicom: only when a server runs
+
+        context = None
+        if self.dicom_tls and self.dicom_tls_cert is not None and self.dicom_tls_key is not None:
+            context = server_context(
+                self.dicom_tls_cert,
+                self.dicom_tls_key,
+                self.dicom_tls_ca,
+                require_client_certificate=self.dicom_tls_require_client_cert,
+            )
+        return Admission(
+            ae_title=self.ae_title,
+            calling_aes=self.calling_aes,
+            networks=tuple(ipaddress.ip_network(item, strict=False) for item in self.allowed_peers),
+            max_associations=self.max_associations,
+            artim_timeout_s=self.artim_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
+            dimse_timeout_s=self.timeout_s,
+            ssl_context=context,
+        )
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """The DIMSE client's TLS context, or None without --dicom-tls."""
+        if not self.dicom_tls:
+            return None
+        return client_context(self.dicom_tls_ca, self.dicom_tls_cert, self.dicom_tls_key)
+
+    @property
+    def destination(self) -> str:
+        """The PACS results are written to, as the ledger keys it (no credentials): the same image written
+        to two PACSs is two rows."""
+        if self.dicomweb_url:
+            parts = urlsplit(self.dicomweb_url)
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            return f"dicomweb:{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+        if self.dimse_host:
+            return f"dimse:{self.pacs_ae}@{self.dimse_host}:{self.dimse_port}"
+        return ""
+
 
 def add_cli_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per field (service.flags); `modalities` is `--modality`, repeated once per value."""
-    add_flags(parser, PacsSettings, list_flags={"modalities": "--modality", "study_uids": "--study-uid"})
+    add_flags(
+        parser,
+        PacsSettings,
+        list_flags={
+            "modalities": "--modality",
+            "study_uids": "--study-uid",
+            "allowed_calling_aes": "--allow-calling-ae",
+            "allowed_peers": "--allow-peer",
+        },
+    )
 
 
 def from_cli(args: argparse.Namespace) -> PacsSettings:

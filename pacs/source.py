@@ -23,6 +23,18 @@ class InstanceRef:
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """An answer of the PACS's search that cannot be used (a non-conformant UID): never retrieved nor
+    recorded in the ledger; `reason` says what was wrong without repeating the peer's value raw."""
+
+    reason: str
+
+
+Found = InstanceRef | tuple[InstanceRef, str] | Rejected
+"""What a search yields: an image, an image to skip with the reason, or an unusable answer."""
+
+
+@dataclass(frozen=True)
 class Query:
     """What a pass searches for: studies holding any of `modalities`, optionally by date or by UID."""
 
@@ -32,8 +44,9 @@ class Query:
 
 
 class Source(Protocol):
-    def find(self, query: Query, *, check_body_part: bool) -> Iterator[InstanceRef | tuple[InstanceRef, str]]:
-        """Images matching `query`; a `(ref, reason)` pair is an image to skip, with the reason."""
+    def find(self, query: Query, *, check_body_part: bool) -> Iterator[Found]:
+        """Images matching `query`; a `(ref, reason)` pair is an image to skip, with the reason; every UID
+        of a ref is conformant (pacs.uids), an answer with one that is not is a `Rejected`."""
         ...
 
     def retrieve(self, ref: InstanceRef) -> bytes:

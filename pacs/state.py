@@ -1,4 +1,6 @@
-"""The exactly-once ledger: one SQLite row per SOP Instance UID seen, and what was done with it.
+"""The exactly-once ledger: one SQLite row per image (SOP Instance UID) and destination (the PACS results
+are written to, pacs.settings `destination`), and what was done with it. A second PACS holding the same
+images is a second destination: its rows are its own, so it gets its results too.
 
 An image moves `classified` (the service answered; the result and the encoded SR and SC are stored here
 in the same transaction) -> `written` (the PACS accepted both). A pass killed at any point and run again:
@@ -12,6 +14,10 @@ are retried by the next pass, permanent ones only with `--retry-failed`. `skippe
 radiograph (`error_kind` "out-of-domain", `error` the service's reasons): no classification is stored.
 
 WAL journal with synchronous=FULL: a committed row survives SIGKILL and power loss.
+
+A ledger from before destinations (keyed by SOP Instance UID alone) is converted on open; its rows are
+marked as of an unknown destination and taken over by the first store opened with a destination: such a
+ledger served one PACS, the one it is used with.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from typing import Any, Literal
 
 Status = Literal["classified", "written", "failed", "skipped"]
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid    TEXT PRIMARY KEY,
+    destination         TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
     study_instance_uid  TEXT NOT NULL,
     series_instance_uid TEXT NOT NULL,
     status              TEXT NOT NULL,
@@ -41,14 +48,22 @@ CREATE TABLE IF NOT EXISTS instances (
     error               TEXT,
     attempts            INTEGER NOT NULL DEFAULT 0,
     first_seen          REAL NOT NULL,
-    updated             REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_status ON instances (status);
+    updated             REAL NOT NULL,
+    PRIMARY KEY (destination, sop_instance_uid)
+)"""
+_SCHEMA = f"""{_TABLE};
+CREATE INDEX IF NOT EXISTS instances_destination_status ON instances (destination, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _ADDED_COLUMNS = {"sc_sop_instance_uid": "TEXT", "sc": "BLOB"}
 """Columns a ledger written before the Secondary Capture lacks; added on open (an old `classified` row
 keeps its SR alone and is finished as it was begun)."""
+_COLUMNS = (
+    "sop_instance_uid, study_instance_uid, series_instance_uid, status, result, sr_sop_instance_uid, sr,"
+    " sc_sop_instance_uid, sc, error_kind, error, attempts, first_seen, updated"
+)
+UNKNOWN_DESTINATION = "(before destinations)"
+"""The destination of rows converted from a ledger keyed by SOP Instance UID alone."""
 
 
 @dataclass(frozen=True)
@@ -70,20 +85,46 @@ class Record:
 
 
 class StateStore:
-    """Thread-safe (one connection behind a lock; each method is one transaction)."""
+    """The rows of one `destination`; thread-safe (one connection behind a lock; each method is one
+    transaction)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, destination: str = "") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.destination = destination
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._convert_keyed_by_uid_alone()
         self._db.executescript(_SCHEMA)
+        if destination:
+            self._db.execute(
+                "UPDATE OR IGNORE instances SET destination = ? WHERE destination = ?",
+                (destination, UNKNOWN_DESTINATION),
+            )
+
+    def _convert_keyed_by_uid_alone(self) -> None:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(instances)")}
+        if not present or "destination" in present:
+            return
         for name, kind in _ADDED_COLUMNS.items():
             if name not in present:
                 self._db.execute(f"ALTER TABLE instances ADD COLUMN {name} {kind}")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("ALTER TABLE instances RENAME TO instances_by_uid")
+            self._db.execute("DROP INDEX IF EXISTS instances_status")
+            self._db.execute(_TABLE)
+            self._db.execute(
+                f"INSERT INTO instances (destination, {_COLUMNS}) SELECT ?, {_COLUMNS} FROM instances_by_uid",
+                (UNKNOWN_DESTINATION,),
+            )
+            self._db.execute("DROP TABLE instances_by_uid")
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -100,8 +141,8 @@ class StateStore:
             row = self._db.execute(
                 "SELECT sop_instance_uid, study_instance_uid, series_instance_uid, status, result,"
                 " sr_sop_instance_uid, sr, error_kind, error, attempts, sc_sop_instance_uid, sc"
-                " FROM instances WHERE sop_instance_uid = ?",
-                (sop_instance_uid,),
+                " FROM instances WHERE destination = ? AND sop_instance_uid = ?",
+                (self.destination, sop_instance_uid),
             ).fetchone()
         if row is None:
             return None
@@ -136,10 +177,10 @@ class StateStore:
         assignments = ", ".join(f"{name} = excluded.{name}" for name in names)
         with self._lock:
             self._db.execute(
-                f"INSERT INTO instances (sop_instance_uid, study_instance_uid, series_instance_uid, first_seen,"
-                f" {', '.join(names)}) VALUES (?, ?, ?, ?, {', '.join('?' * len(names))})"
-                f" ON CONFLICT (sop_instance_uid) DO UPDATE SET {assignments}",
-                (uid, study, series, now, *values),
+                f"INSERT INTO instances (destination, sop_instance_uid, study_instance_uid, series_instance_uid,"
+                f" first_seen, {', '.join(names)}) VALUES (?, ?, ?, ?, ?, {', '.join('?' * len(names))})"
+                f" ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET {assignments}",
+                (self.destination, uid, study, series, now, *values),
             )
 
     def mark_classified(
@@ -173,8 +214,8 @@ class StateStore:
         with self._lock:
             self._db.execute(
                 "UPDATE instances SET status = 'written', sr = NULL, sc = NULL, error_kind = NULL, error = NULL,"
-                " updated = ? WHERE sop_instance_uid = ?",
-                (time.time(), uid),
+                " updated = ? WHERE destination = ? AND sop_instance_uid = ?",
+                (time.time(), self.destination, uid),
             )
 
     def mark_failed(self, uid: str, study: str, series: str, *, kind: str, error: str) -> None:
@@ -184,8 +225,8 @@ class StateStore:
             with self._lock:
                 self._db.execute(
                     "UPDATE instances SET error_kind = ?, error = ?, attempts = attempts + 1, updated = ?"
-                    " WHERE sop_instance_uid = ?",
-                    (kind, error, time.time(), uid),
+                    " WHERE destination = ? AND sop_instance_uid = ?",
+                    (kind, error, time.time(), self.destination, uid),
                 )
             return
         attempts = (record.attempts if record else 0) + 1
@@ -198,7 +239,10 @@ class StateStore:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM instances GROUP BY status").fetchall()
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) FROM instances WHERE destination = ? GROUP BY status",
+                (self.destination,),
+            ).fetchall()
         return {status: count for status, count in rows}
 
     def get_meta(self, key: str) -> str | None:

@@ -199,6 +199,6 @@ def test_a_ledger_from_before_the_sc_gains_its_columns(tmp_path: Path) -> None:
     )
     old.commit()
     old.close()
-    with StateStore(path) as state:
+    with StateStore(path, destination="dicomweb:http://pacs/dicom-web") as state:
         record = state.get("1")
         assert record is not None and (record.sr, record.sc) == (b"SR", None)  # finished as it was begun
