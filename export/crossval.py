@@ -15,12 +15,9 @@ models score on a comparable scale; the mean of the per-fold AUROCs, which does 
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import logging
-import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from export.metrics import auroc, bootstrap_ci, mixed_origins, origin_gap_with_ci
+from export.options import CrossvalOptions, command_line
 
 logger = logging.getLogger(__name__)
 SCORES = ("score_last", "score_selected")
@@ -110,31 +108,41 @@ def pool(fold_dirs: list[Path]) -> dict[str, Any]:
     return result
 
 
-def crossval(args: argparse.Namespace) -> dict[str, Any]:
+def crossval(options: CrossvalOptions, *, command: str | None = None) -> dict[str, Any]:
+    """Train the recipe once per fold into `options.out/fold-K`, pool the out-of-fold scores and write
+    crossval.json (`command` is recorded in it); returns its content."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    fold_dirs = fit(options)
+    result = {"command": command, "folds": options.folds, **measure(fold_dirs)}
+    write(options.out, result)
+    return result
+
+
+def fit(options: CrossvalOptions) -> list[Path]:
+    """Train every fold for the full epoch budget; returns the fold run folders in fold order."""
     from export.train import train
 
-    if args.folds < 2:
-        raise ValueError("--folds must be at least 2")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     fold_dirs = []
-    for fold in range(args.folds):
-        fold_args = copy.copy(args)
-        # A fixed budget: with early stopping the last epoch would be chosen on the held-out fold itself.
-        fold_args.fold, fold_args.out, fold_args.patience = fold, str(out / f"fold-{fold}"), args.epochs
-        logger.info("fold %d of %d", fold + 1, args.folds)
-        train(fold_args)
-        fold_dirs.append(Path(fold_args.out))
-    result = {
-        "command": "cxr crossval " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if sys.argv[1:2] == ["crossval"]
-        else None,
-        "folds": args.folds,
+    for fold in range(options.folds):
+        logger.info("fold %d of %d", fold + 1, options.folds)
+        fold_options = options.fold_options(fold)
+        train(fold_options)
+        fold_dirs.append(fold_options.out)
+    return fold_dirs
+
+
+def measure(fold_dirs: list[Path]) -> dict[str, Any]:
+    """The pooled and per-fold out-of-fold measures, and the folds' total training time."""
+    return {
         **pool(fold_dirs),
         "train_seconds": sum(
             json.loads((fold_dir / "train.json").read_text())["train_seconds"] for fold_dir in fold_dirs
         ),
     }
+
+
+def write(out: Path, result: dict[str, Any]) -> None:
+    """Write crossval.json and log the pooled measures."""
     (out / "crossval.json").write_text(json.dumps(result, indent=2) + "\n")
     for column in SCORES:
         pooled = result[column]["pooled"]
@@ -145,7 +153,6 @@ def crossval(args: argparse.Namespace) -> dict[str, Any]:
             _shown(pooled["within_source"]),
             _shown(pooled["source_gap"]),
         )
-    return result
 
 
 def _shown(measure: dict[str, Any]) -> str:
@@ -156,10 +163,11 @@ def _shown(measure: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`cxr crossval`: exit status 0, or 2 for bad options, a bad manifest or a missing file."""
     from export.dataset import ManifestError
 
     try:
-        crossval(args)
+        crossval(CrossvalOptions.from_args(args), command=command_line("crossval"))
     except (ManifestError, FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,44 +83,99 @@ def build_serving_function(models: list[Any], labels: list[str], feature_layer: 
     return serve
 
 
+@dataclass(frozen=True)
+class TrainedRun:
+    """A run folder as `cxr export` reads it: train.json, its labels and preprocessing, the Keras model(s)."""
+
+    folder: Path
+    summary: dict[str, Any]
+    labels: list[str]
+    spec: PreprocessSpec
+    models: list[Any]
+    feature_layer: str | None
+
+
 def export_run(
     run: Path, manifest: Path, repository: Path, name: str, version: str, tolerance: float = 1e-4
 ) -> Path:
+    """Export the run folder `run` to `<repository>/<name>/<version>/` (model.onnx, segmenter, split.csv,
+    curves, card.json) and Triton's config.pbtxt; raises ParityError when ONNX and Keras disagree by more
+    than `tolerance` or there are fewer than MIN_PARITY_IMAGES images. Returns the version folder."""
+    trained = load_run(run)
+    samples = parity_samples(trained, manifest)
+    serve = build_serving_function(trained.models, trained.labels, trained.feature_layer)
+    target = repository / name / version
+    target.mkdir(parents=True, exist_ok=True)
+    metadata = _metadata(trained, manifest, name, version)
+    if len(samples) < MIN_PARITY_IMAGES:
+        raise ParityError(f"only {len(samples)} parity images; need {MIN_PARITY_IMAGES}")
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        return serve(batch)["probabilities"].numpy()  # type: ignore[no-any-return]
+
+    difference = export_function(
+        serve,
+        target / MODEL_FILE,
+        reference=reference,
+        samples=samples,
+        tolerance=tolerance,
+        metadata=metadata,
+        output="probabilities",
+    )
+    files = _copy_files(trained, target)
+    parity = {"parity_images": len(samples), "parity_max_abs_diff": difference, "tolerance": tolerance}
+    card = _card(trained, metadata, files, parity)
+    _keep_from_previous_card(card, target / CARD_FILE)
+    (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    # Triton's layout: config.pbtxt beside the versions, read from the graph (names, dims, types).
+    write_config(target.parent, name)
+    logger.info("wrote %s (parity %.2e on %d images)", target, difference, len(samples))
+    return target
+
+
+def load_run(run: Path) -> TrainedRun:
+    """The run's train.json and Keras model(s): one for `cxr train`, the members for `cxr ensemble`."""
     import keras
 
     from export.architectures import REGISTRY
-    from export.dataset import manifest_sha256
-    from export.train import load_examples, training_tensor
 
     summary = json.loads((run / "train.json").read_text())
-    labels: list[str] = summary["labels"]
-    spec = PreprocessSpec.from_dict(summary["preprocessing"])
-    # An ensemble run (`cxr ensemble`) lists its members; a training run has one model.
     member_files = [member["path"] for member in summary.get("members", [])] or ["model.keras"]
     models = [keras.models.load_model(run / file, compile=False) for file in member_files]
     arch = REGISTRY[summary["architecture"]["name"]]
     feature_layer: str | None = summary["architecture"].get("feature_layer")
     if arch.has_cam and feature_layer is None:  # run folders written before feature_layer was recorded
         feature_layer = "features_relu" if arch.name.startswith("compact") else "features"
+    spec = PreprocessSpec.from_dict(summary["preprocessing"])
+    return TrainedRun(run, summary, summary["labels"], spec, models, feature_layer)
 
-    # Parity on real images the model did not train on (val, then test), through the shared preprocessing.
+
+def parity_samples(trained: TrainedRun, manifest: Path) -> np.ndarray:
+    """Up to 2 x MIN_PARITY_IMAGES model inputs from real images the model did not train on (val, then
+    test; the manifest's first rows if those are too few), through the shared preprocessing."""
+    from export.train import load_examples, training_tensor
+
+    run, spec = trained.folder, trained.spec
     split = read_split(run / "split.csv")
     rows = [r for r in read_manifest(manifest) if split.get(r.file) in ("val", "test")][
         : MIN_PARITY_IMAGES * 2
     ]
     if len(rows) < MIN_PARITY_IMAGES:
         rows = read_manifest(manifest)[: MIN_PARITY_IMAGES * 2]
-    segment = Segmenter(run / SEGMENTER_FILE, spec) if summary.get("segmenter") else None
-    examples = load_examples(rows, labels, spec, segment)
-    samples = np.stack([training_tensor(e, spec) for e in examples])
-    serve = build_serving_function(models, labels, feature_layer)
+    segment = Segmenter(run / SEGMENTER_FILE, spec) if trained.summary.get("segmenter") else None
+    examples = load_examples(rows, trained.labels, spec, segment)
+    return np.stack([training_tensor(e, spec) for e in examples])
 
-    target = repository / name / version
-    target.mkdir(parents=True, exist_ok=True)
-    metadata = {
+
+def _metadata(trained: TrainedRun, manifest: Path, name: str, version: str) -> dict[str, str]:
+    """model.onnx's metadata_props: identity, labels, threshold, input, preprocessing, provenance, use."""
+    from export.dataset import manifest_sha256
+
+    spec, summary = trained.spec, trained.summary
+    return {
         "name": name,
         "version": version,
-        "labels": json.dumps(labels),
+        "labels": json.dumps(trained.labels),
         "positive_label": "covid",
         "threshold": repr(summary["threshold"]),
         "input": json.dumps(
@@ -140,40 +196,38 @@ def export_run(
         ),
         "intended_use": INTENDED_USE,
     }
-    if len(samples) < MIN_PARITY_IMAGES:
-        raise ParityError(f"only {len(samples)} parity images; need {MIN_PARITY_IMAGES}")
 
-    def reference(batch: np.ndarray) -> np.ndarray:
-        return serve(batch)["probabilities"].numpy()  # type: ignore[no-any-return]
 
-    difference = export_function(
-        serve,
-        target / MODEL_FILE,
-        reference=reference,
-        samples=samples,
-        tolerance=tolerance,
-        metadata=metadata,
-        output="probabilities",
-    )
+def _copy_files(trained: TrainedRun, target: Path) -> dict[str, str]:
+    """Copy the segmenter, split.csv and curves into `target`; returns the card's files (name -> sha256)."""
+    run = trained.folder
     files = {MODEL_FILE: sha256_file(target / MODEL_FILE)}
-    if summary.get("segmenter"):
+    if trained.summary.get("segmenter"):
         shutil.copyfile(run / SEGMENTER_FILE, target / SEGMENTER_FILE)
         files[SEGMENTER_FILE] = sha256_file(target / SEGMENTER_FILE)
     shutil.copyfile(run / "split.csv", target / "split.csv")
     for extra in sorted(run.glob("curves*.png")):
         shutil.copyfile(extra, target / extra.name)
-    card = {
-        "name": name,
-        "version": version,
-        "labels": labels,
+    return files
+
+
+def _card(
+    trained: TrainedRun, metadata: dict[str, str], files: dict[str, str], parity: dict[str, Any]
+) -> dict[str, Any]:
+    """card.json: what the files are, how the model was trained, and the export's parity check."""
+    summary = trained.summary
+    return {
+        "name": metadata["name"],
+        "version": metadata["version"],
+        "labels": trained.labels,
         "positive_label": "covid",
         "threshold": summary["threshold"],
         "threshold_rule": summary["threshold_rule"],
         "files": files,
         "segmenter": SEGMENTER_FILE if summary.get("segmenter") else None,
-        "preprocessing": spec.to_dict(),
+        "preprocessing": trained.spec.to_dict(),
         "input": json.loads(metadata["input"]),
-        "outputs": ["probabilities", *(["cam"] if feature_layer else [])],
+        "outputs": ["probabilities", *(["cam"] if trained.feature_layer else [])],
         "opset": OPSET,
         "intended_use": INTENDED_USE,
         "architecture": summary["architecture"],
@@ -188,21 +242,20 @@ def export_run(
             "lung_crop": summary["lung_crop"],
             **({"members": summary["members"]} if "members" in summary else {}),
         },
-        "export": {"parity_images": len(samples), "parity_max_abs_diff": difference, "tolerance": tolerance},
+        "export": parity,
         "segmenter_training": _segmenter_report(summary),
     }
-    previous = target / CARD_FILE
-    if previous.is_file():  # keep evaluation results written earlier for the same files
-        old = json.loads(previous.read_text())
-        if old.get("files") == files and "evaluation" in old:
-            card["evaluation"] = old["evaluation"]
-        if "notes" in old:
-            card["notes"] = old["notes"]
-    (target / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    # Triton's layout: config.pbtxt beside the versions, read from the graph (names, dims, types).
-    write_config(target.parent, name)
-    logger.info("wrote %s (parity %.2e on %d images)", target, difference, len(samples))
-    return target
+
+
+def _keep_from_previous_card(card: dict[str, Any], previous: Path) -> None:
+    """Carry over the evaluation of an earlier export of the same files, and any notes, from `previous`."""
+    if not previous.is_file():
+        return
+    old = json.loads(previous.read_text())
+    if old.get("files") == card["files"] and "evaluation" in old:
+        card["evaluation"] = old["evaluation"]
+    if "notes" in old:
+        card["notes"] = old["notes"]
 
 
 def _segmenter_report(summary: dict[str, Any]) -> dict[str, Any] | None:

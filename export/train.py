@@ -22,14 +22,12 @@ import argparse
 import csv
 import json
 import logging
-import shlex
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -45,8 +43,12 @@ from export.dataset import (
     write_split,
 )
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
+from export.options import TrainOptions, command_line
 from service.imaging.decode import decode_file
 from service.imaging.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
+
+if TYPE_CHECKING:
+    from export.architectures import Architecture
 
 logger = logging.getLogger(__name__)
 
@@ -345,34 +347,96 @@ def reversal_strength(epoch: int, epochs: int, maximum: float) -> float:
     return float(maximum * (2.0 / (1.0 + np.exp(-10.0 * progress)) - 1.0))
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class TrainingData:
+    """What `load` prepares: the split, the decoded examples and the fixed validation inputs."""
+
+    labels: list[str]
+    spec: PreprocessSpec
+    rows: list[Row]
+    split: dict[str, str]
+    train: list[Example]
+    val: list[Example]
+    val_x: np.ndarray
+    val_t: np.ndarray
+    sample_weights: np.ndarray
+    crop_stats: dict[str, dict[str, int]]
+
+    @property
+    def positive(self) -> int:
+        """Target of the positive (COVID) class."""
+        return max(e.target for e in self.train)
+
+    @property
+    def outputs(self) -> int:
+        """Logits of the network: one for a binary task, one per class otherwise."""
+        return 1 if len(self.labels) == 2 else len(self.labels)
+
+
+@dataclass(frozen=True)
+class Network:
+    """The classifier, its loss, and what `fit` trains: the classifier, or it with the origin adversary."""
+
+    arch: Architecture
+    model: Any
+    feature_layer: str | None
+    loss: Any
+    fitted: Any
+    strength: Any | None
+    """The gradient reversal's strength variable; None without an adversary."""
+
+
+@dataclass
+class Checkpoint:
+    """The epoch selected so far on validation: its summary (train.json's `best`), weights and val scores."""
+
+    best: dict[str, Any]
+    weights: list[np.ndarray]
+    val_scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What `fit` returns: the per-epoch history, the selected checkpoint and the last epoch's val scores."""
+
+    history: list[dict[str, Any]]
+    selected: Checkpoint
+    last_val_scores: np.ndarray
+
+
+def train(options: TrainOptions, *, command: str | None = None) -> dict[str, Any]:
+    """Train one run into `options.out` (model.keras, split.csv, history, curves, train.json, val scores);
+    `command` is the command line recorded in train.json. Returns train.json's content."""
     import keras
 
-    from export.architectures import REGISTRY, build
+    keras.utils.set_random_seed(options.training_seed)
+    started = time.monotonic()
+    options.out.mkdir(parents=True, exist_ok=True)
+    data = load(options)
+    network = build_network(options, data)
+    result = fit(options, data, network)
+    threshold = select(options, data, network, result)
+    return write(options, data, network, result, threshold, started=started, command=command)
+
+
+def load(options: TrainOptions) -> TrainingData:
+    """Read the manifest, split it by patient (into folds with `folds`), write split.csv, decode the
+    train and val images and locate their crops once."""
+    from export.architectures import REGISTRY
     from service.inference.model import Segmenter
 
-    model_seed = args.seed if args.model_seed is None else args.model_seed
-    keras.utils.set_random_seed(model_seed)
-    started = time.monotonic()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    labels = LABELS_BINARY if args.task == "binary" else LABELS_THREE
-    arch = REGISTRY[args.arch]
-    use_crop = args.segmenter not in (None, "none")
-    spec = PreprocessSpec(input_size=args.input_size or arch.input_size, lung_crop=use_crop)
-    segment = Segmenter(Path(args.segmenter), spec) if use_crop else None
-
-    rows = read_manifest(args.manifest)[: args.limit]
+    labels = LABELS_BINARY if options.task == "binary" else LABELS_THREE
+    input_size = options.input_size or REGISTRY[options.arch].input_size
+    segmenter = options.segmenter_path
+    spec = PreprocessSpec(input_size=input_size, lung_crop=segmenter is not None)
+    segment = Segmenter(segmenter, spec) if segmenter is not None else None
+    rows = read_manifest(options.manifest)[: options.limit]
     split = split_by_patient(
-        rows, seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction
+        rows, seed=options.seed, val_fraction=options.val_fraction, test_fraction=options.test_fraction
     )
-    if args.epochs < 1:
-        raise ValueError("--epochs must be at least 1")
-    if args.fold and not args.folds:
-        raise ValueError("--fold needs --folds")
-    if args.folds:
-        split = fold_split(split, rows, folds=args.folds, fold=args.fold, seed=args.seed)
-    write_split(out / "split.csv", rows, split)
+    if options.folds:
+        split = fold_split(split, rows, folds=options.folds, fold=options.fold, seed=options.seed)
+    write_split(options.out / "split.csv", rows, split)
     train_rows = [r for r in rows if split[r.file] == "train"]
     val_rows = [r for r in rows if split[r.file] == "val"]
     logger.info(
@@ -385,153 +449,218 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     val_examples = load_examples(val_rows, labels, spec, segment)
     crop_stats = _crop_stats(train_examples + val_examples)
     logger.info("lung crop by origin: %s", crop_stats)
-    val_x = np.stack([training_tensor(e, spec) for e in val_examples])
-    val_t = np.array([e.target for e in val_examples])
-    weights = sample_weights(train_examples, args.source_balance)
+    return TrainingData(
+        labels=labels,
+        spec=spec,
+        rows=rows,
+        split=split,
+        train=train_examples,
+        val=val_examples,
+        val_x=np.stack([training_tensor(e, spec) for e in val_examples]),
+        val_t=np.array([e.target for e in val_examples]),
+        sample_weights=sample_weights(train_examples, options.source_balance),
+        crop_stats=crop_stats,
+    )
 
-    outputs = 1 if len(labels) == 2 else len(labels)
-    model, feature_layer = build(args.arch, outputs, weights=args.weights, input_size=spec.input_size)
+
+def build_network(options: TrainOptions, data: TrainingData) -> Network:
+    """The registered architecture, compiled with Adam on a cosine schedule, and the adversary if asked."""
+    import keras
+
+    from export.architectures import REGISTRY, build
+
+    model, feature_layer = build(
+        options.arch, data.outputs, weights=options.weights, input_size=data.spec.input_size
+    )
     loss = (
         keras.losses.BinaryCrossentropy(from_logits=True)
-        if outputs == 1
+        if data.outputs == 1
         else keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    steps = max(1, int(np.ceil(len(train_examples) / args.batch_size)))
+    steps = max(1, int(np.ceil(len(data.train) / options.batch_size)))
     schedule = keras.optimizers.schedules.CosineDecay(
-        args.learning_rate, decay_steps=steps * args.epochs, alpha=0.05
+        options.learning_rate, decay_steps=steps * options.epochs, alpha=0.05
     )
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
-    fitted, strength = adversarial_model(model, loss) if args.adversary > 0 else (model, None)
-    origin_t, origin_w = origin_targets(train_examples)
-    rng = np.random.default_rng(model_seed)
+    fitted, strength = adversarial_model(model, loss) if options.adversary > 0 else (model, None)
+    return Network(REGISTRY[options.arch], model, feature_layer, loss, fitted, strength)
+
+
+def fit(options: TrainOptions, data: TrainingData, network: Network) -> Fit:
+    """Train epoch by epoch, keep the epoch with the best validation selection score, stop after
+    `patience` epochs without improvement. The model is left with the last epoch's raw weights."""
+    model = network.model
+    origin_t, origin_w = origin_targets(data.train)
+    rng = np.random.default_rng(options.training_seed)
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"score": -1.0}
-    best_weights = model.get_weights()
+    selected: Checkpoint | None = None
     averaged: list[np.ndarray] | None = None
-    positive = max(e.target for e in train_examples)
-    for epoch in range(1, args.epochs + 1):
+    for epoch in range(1, options.epochs + 1):
         epoch_started = time.monotonic()
-        order = rng.permutation(len(train_examples))
-        train_x = np.stack([augment(train_examples[i], spec, rng, args.annotations) for i in order])
-        train_t = np.array([train_examples[i].target for i in order], dtype=np.float32)
-        class_t = train_t if outputs > 1 else train_t[:, None]
-        if strength is None:
-            fit = model.fit(
-                train_x,
-                class_t,
-                sample_weight=weights[order],
-                batch_size=args.batch_size,
-                epochs=1,
-                verbose=0,
-            )
-        else:
-            strength.assign(reversal_strength(epoch, args.epochs, args.adversary))
-            fit = fitted.fit(
-                train_x,
-                [class_t, origin_t[order][:, None]],
-                sample_weight=[weights[order], origin_w[order]],
-                batch_size=args.batch_size,
-                epochs=1,
-                verbose=0,
-            )
+        losses, train_x, train_t = _train_epoch(options, data, network, rng, epoch, origin_t, origin_w)
         train_logits = model.predict(train_x, batch_size=64, verbose=0)
-        val_logits = model.predict(val_x, batch_size=64, verbose=0)
-        raw_val_auc = auroc(val_t == positive, positive_scores(val_logits, labels))
-        if args.weight_average > 0:
+        val_logits = model.predict(data.val_x, batch_size=64, verbose=0)
+        raw_val_auc = auroc(data.val_t == data.positive, positive_scores(val_logits, data.labels))
+        if options.weight_average > 0:
             # Validation AUROC swings by 0.05-0.2 between epochs (small val set, batch-norm statistics
             # that move with the last batches): an average of recent weights is steadier, and it is the
             # model that is validated, selected and saved.
             current = model.get_weights()
-            averaged = average_weights(averaged, current, args.weight_average)
+            averaged = average_weights(averaged, current, options.weight_average)
             model.set_weights(averaged)
-            val_logits = model.predict(val_x, batch_size=64, verbose=0)
-        val_loss = float(loss(val_t if outputs > 1 else val_t[:, None].astype(np.float32), val_logits))
-        train_scores = positive_scores(train_logits, labels)
-        val_scores = positive_scores(val_logits, labels)
-        val_within = within_source_auroc(val_examples, val_scores)
-        val_auc = auroc(val_t == positive, val_scores) or 0.0
-        score = (val_auc + val_within) / 2 if val_within is not None else val_auc
-        record = {
-            "epoch": epoch,
-            "loss": float(
-                fit.history[f"{fitted.output_names[0]}_loss" if strength is not None else "loss"][-1]
-            ),
-            "val_loss": val_loss,
-            "accuracy": float(np.mean((train_scores >= 0.5) == (train_t == positive))),
-            "val_accuracy": float(np.mean((val_scores >= 0.5) == (val_t == positive))),
-            "auroc": auroc(train_t == positive, train_scores),
-            "val_auroc": val_auc,
-            "val_within_source_auroc": val_within,
-            "val_auroc_raw_weights": raw_val_auc,
-            "val_source_gap_auroc": source_gap_auroc(val_examples, val_scores),
-            "origin_loss": float(fit.history["origin_loss"][-1]) if strength is not None else None,
-            "reversal_strength": float(strength.numpy()) if strength is not None else None,
-            "selection_score": score,
-            "seconds": round(time.monotonic() - epoch_started, 1),
-        }
-        history.append(record)
-        logger.info(
-            "epoch %d/%d loss %.4f val_loss %.4f val AUROC %.4f within-source %s source gap %s score %.4f "
-            "(%.0fs)",
-            epoch,
-            args.epochs,
-            record["loss"],
-            val_loss,
-            val_auc,
-            f"{val_within:.4f}" if val_within is not None else "n/a",
-            f"{record['val_source_gap_auroc']:.3f}" if record["val_source_gap_auroc"] is not None else "n/a",
-            score,
-            record["seconds"],
+            val_logits = model.predict(data.val_x, batch_size=64, verbose=0)
+        record, val_scores = _epoch_record(
+            data, network, epoch, losses, train_t, train_logits, val_logits, raw_val_auc
         )
-        if score > best["score"]:
-            best = {
-                "score": score,
-                "epoch": epoch,
-                "val_auroc": val_auc,
-                "val_within_source_auroc": val_within,
-                "val_source_gap_auroc": record["val_source_gap_auroc"],
-            }
-            best_weights = model.get_weights()
-            best_val_scores = val_scores
-        stop = epoch - best["epoch"] >= args.patience
-        if args.weight_average > 0:
+        record["seconds"] = round(time.monotonic() - epoch_started, 1)
+        history.append(record)
+        _log_epoch(record, options.epochs)
+        # Strictly better only: on a tie the earlier epoch stays selected.
+        if selected is None or record["selection_score"] > selected.best["score"]:
+            selected = Checkpoint(_best_summary(record), model.get_weights(), val_scores)
+        stop = epoch - selected.best["epoch"] >= options.patience
+        if options.weight_average > 0:
             model.set_weights(current)  # training goes on from the raw weights
         if stop:
-            logger.info("early stop: no validation improvement for %d epochs", args.patience)
+            logger.info("early stop: no validation improvement for %d epochs", options.patience)
             break
-    model.set_weights(best_weights)
-    model.save(out / "model.keras")
-    threshold = choose_threshold(val_t == positive, best_val_scores, args.min_sensitivity)
-    if use_crop:
-        shutil.copyfile(args.segmenter, out / "lungseg.onnx")
-    summary = {
-        "command": "cxr train " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if sys.argv[1:2] == ["train"]
-        else None,
-        "arguments": {k: v for k, v in vars(args).items() if k not in ("handler", "command", "verbose")},
-        "architecture": {
-            "name": arch.name,
-            "feature_layer": feature_layer,
-            "description": arch.description,
-            "has_cam": arch.has_cam,
-            "parameters": int(model.count_params()),
-        },
-        "labels": labels,
-        "positive_label": "covid",
-        "preprocessing": spec.to_dict(),
-        "segmenter": "lungseg.onnx" if use_crop else None,
-        "best": best,
-        "threshold": threshold,
-        "threshold_rule": f"highest validation specificity with validation sensitivity >= {args.min_sensitivity:.2f}",
-        "split_counts": {s: sum(1 for r in rows if split[r.file] == s) for s in ("train", "val", "test")},
-        "lung_crop": crop_stats,
-        "train_seconds": round(time.monotonic() - started, 1),
-        "epochs_run": len(history),
+    if selected is None:  # unreachable: TrainOptions has epochs >= 1 and the first epoch is always kept
+        raise ValueError("no epoch was trained")
+    return Fit(history, selected, val_scores)
+
+
+def _train_epoch(
+    options: TrainOptions,
+    data: TrainingData,
+    network: Network,
+    rng: np.random.Generator,
+    epoch: int,
+    origin_t: np.ndarray,
+    origin_w: np.ndarray,
+) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
+    """One pass over freshly augmented, shuffled training images: ({loss, origin_loss}, inputs, targets)."""
+    order = rng.permutation(len(data.train))
+    train_x = np.stack([augment(data.train[i], data.spec, rng, options.annotations) for i in order])
+    train_t = np.array([data.train[i].target for i in order], dtype=np.float32)
+    class_t = train_t if data.outputs > 1 else train_t[:, None]
+    weights = data.sample_weights[order]
+    if network.strength is None:
+        fitted = network.model.fit(
+            train_x, class_t, sample_weight=weights, batch_size=options.batch_size, epochs=1, verbose=0
+        )
+        return {"loss": float(fitted.history["loss"][-1]), "origin_loss": None}, train_x, train_t
+    network.strength.assign(reversal_strength(epoch, options.epochs, options.adversary))
+    fitted = network.fitted.fit(
+        train_x,
+        [class_t, origin_t[order][:, None]],
+        sample_weight=[weights, origin_w[order]],
+        batch_size=options.batch_size,
+        epochs=1,
+        verbose=0,
+    )
+    losses: dict[str, float | None] = {
+        "loss": float(fitted.history[f"{network.fitted.output_names[0]}_loss"][-1]),
+        "origin_loss": float(fitted.history["origin_loss"][-1]),
     }
-    write_val_predictions(out / "val_predictions.csv", val_examples, best_val_scores, val_scores)
-    (out / "history.json").write_text(json.dumps(history, indent=2))
+    return losses, train_x, train_t
+
+
+def _epoch_record(
+    data: TrainingData,
+    network: Network,
+    epoch: int,
+    losses: dict[str, float | None],
+    train_t: np.ndarray,
+    train_logits: np.ndarray,
+    val_logits: np.ndarray,
+    raw_val_auc: float | None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """(the epoch's history.json entry, less `seconds`; the validation COVID scores). The selection score
+    is the mean of overall and within-source validation AUROC (overall alone where there is no mix)."""
+    positive = data.positive
+    val_t = data.val_t
+    val_loss = float(
+        network.loss(val_t if data.outputs > 1 else val_t[:, None].astype(np.float32), val_logits)
+    )
+    train_scores = positive_scores(train_logits, data.labels)
+    val_scores = positive_scores(val_logits, data.labels)
+    val_within = within_source_auroc(data.val, val_scores)
+    val_auc = auroc(val_t == positive, val_scores) or 0.0
+    record = {
+        "epoch": epoch,
+        "loss": losses["loss"],
+        "val_loss": val_loss,
+        "accuracy": float(np.mean((train_scores >= 0.5) == (train_t == positive))),
+        "val_accuracy": float(np.mean((val_scores >= 0.5) == (val_t == positive))),
+        "auroc": auroc(train_t == positive, train_scores),
+        "val_auroc": val_auc,
+        "val_within_source_auroc": val_within,
+        "val_auroc_raw_weights": raw_val_auc,
+        "val_source_gap_auroc": source_gap_auroc(data.val, val_scores),
+        "origin_loss": losses["origin_loss"],
+        "reversal_strength": float(network.strength.numpy()) if network.strength is not None else None,
+        "selection_score": (val_auc + val_within) / 2 if val_within is not None else val_auc,
+    }
+    return record, val_scores
+
+
+def _log_epoch(record: dict[str, Any], epochs: int) -> None:
+    """One log line per epoch."""
+    within, gap = record["val_within_source_auroc"], record["val_source_gap_auroc"]
+    logger.info(
+        "epoch %d/%d loss %.4f val_loss %.4f val AUROC %.4f within-source %s source gap %s score %.4f "
+        "(%.0fs)",
+        record["epoch"],
+        epochs,
+        record["loss"],
+        record["val_loss"],
+        record["val_auroc"],
+        f"{within:.4f}" if within is not None else "n/a",
+        f"{gap:.3f}" if gap is not None else "n/a",
+        record["selection_score"],
+        record["seconds"],
+    )
+
+
+def _best_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """train.json's `best`: the selected epoch's score and validation measures."""
+    keys = ("epoch", "val_auroc", "val_within_source_auroc", "val_source_gap_auroc")
+    return {"score": record["selection_score"], **{key: record[key] for key in keys}}
+
+
+def select(options: TrainOptions, data: TrainingData, network: Network, result: Fit) -> float:
+    """Put the selected epoch's weights into the classifier; return the threshold chosen on its validation
+    scores (highest specificity with sensitivity >= `min_sensitivity`)."""
+    network.model.set_weights(result.selected.weights)
+    return choose_threshold(data.val_t == data.positive, result.selected.val_scores, options.min_sensitivity)
+
+
+def write(
+    options: TrainOptions,
+    data: TrainingData,
+    network: Network,
+    result: Fit,
+    threshold: float,
+    *,
+    started: float,
+    command: str | None,
+) -> dict[str, Any]:
+    """Write the run folder's model.keras, lungseg.onnx copy, val_predictions.csv, history.json,
+    train.json and curves.png; returns train.json's content."""
+    out = options.out
+    network.model.save(out / "model.keras")
+    if options.segmenter_path is not None:
+        shutil.copyfile(options.segmenter_path, out / "lungseg.onnx")
+    summary = _summary(options, data, network, result, threshold, command)
+    summary["train_seconds"] = round(time.monotonic() - started, 1)
+    summary["epochs_run"] = len(result.history)
+    write_val_predictions(
+        out / "val_predictions.csv", data.val, result.selected.val_scores, result.last_val_scores
+    )
+    (out / "history.json").write_text(json.dumps(result.history, indent=2))
     (out / "train.json").write_text(json.dumps(summary, indent=2))
-    plot_curves(history, out / "curves.png")
+    plot_curves(result.history, out / "curves.png")
+    best = result.selected.best
     logger.info(
         "best epoch %d: val AUROC %.4f, within-source %s; threshold %.4f; %.0f s",
         best["epoch"],
@@ -541,6 +670,40 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         summary["train_seconds"],
     )
     return summary
+
+
+def _summary(
+    options: TrainOptions,
+    data: TrainingData,
+    network: Network,
+    result: Fit,
+    threshold: float,
+    command: str | None,
+) -> dict[str, Any]:
+    """train.json, less the timing and epoch count: settings, architecture, selection, threshold, split."""
+    arch = network.arch
+    return {
+        "command": command,
+        "arguments": options.arguments(),
+        "architecture": {
+            "name": arch.name,
+            "feature_layer": network.feature_layer,
+            "description": arch.description,
+            "has_cam": arch.has_cam,
+            "parameters": int(network.model.count_params()),
+        },
+        "labels": data.labels,
+        "positive_label": "covid",
+        "preprocessing": data.spec.to_dict(),
+        "segmenter": "lungseg.onnx" if options.segmenter_path is not None else None,
+        "best": result.selected.best,
+        "threshold": threshold,
+        "threshold_rule": f"highest validation specificity with validation sensitivity >= {options.min_sensitivity:.2f}",
+        "split_counts": {
+            s: sum(1 for r in data.rows if data.split[r.file] == s) for s in ("train", "val", "test")
+        },
+        "lung_crop": data.crop_stats,
+    }
 
 
 def write_val_predictions(
@@ -593,10 +756,11 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    """`cxr train`: exit status 0, or 2 for bad options, a bad manifest or a missing file."""
     from export.dataset import ManifestError
 
     try:
-        train(args)
+        train(TrainOptions.from_args(args), command=command_line("train"))
     except (ManifestError, FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 2

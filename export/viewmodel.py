@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import shutil
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from export.dataset import read_manifest, read_split
 from export.negatives import FIT_KINDS, generate, shuffled_tiles
+from export.options import ViewOptions, command_line
 from service.imaging.decode import decode_file
 from service.imaging.input_check import (
     FILM_CLASSES,
@@ -191,23 +191,55 @@ def min_distance(features: np.ndarray, means: np.ndarray, factor: np.ndarray) ->
     return np.asarray(np.sqrt(np.min(np.sum(projected**2, axis=2), axis=1)))
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ViewData:
+    """What `load` prepares: canvases of the split's films and of rendered negatives (fit and val seeds)."""
+
+    spec: PreprocessSpec
+    split: dict[str, str]
+    train_films: np.ndarray
+    val_films: np.ndarray
+    negatives: np.ndarray
+    val_negatives: np.ndarray
+
+
+def train(options: ViewOptions, *, command: str | None = None) -> dict[str, Any]:
+    """Train the view model, export `out/view.onnx`, choose its thresholds on validation, write
+    `out/view.json` (`command` recorded in it) and, with `install`, copy both into the model version.
+    Returns view.json's content."""
     import keras
-    import tensorflow as tf
 
-    from export.tf_onnx import export_function
-
-    keras.utils.set_random_seed(args.seed)
+    keras.utils.set_random_seed(options.seed)
     started = time.monotonic()
-    model_dir = Path(args.model)
-    spec = OnnxModel(model_dir).spec
-    split = read_split(model_dir / "split.csv")
-    out = Path(args.out)
-    cache = out / "cache"
-    train_films = load_films(Path(args.manifest), split, "train", cache, spec)
-    val_films = load_films(Path(args.manifest), split, "val", cache, spec)
-    negatives = render_negatives(args.negatives, args.seed, spec, train_films)
-    val_negatives = render_negatives(max(20, args.negatives // 5), args.seed + 100, spec, val_films)
+    data = load(options)
+    model, history, val_x, val_y = fit(options, data)
+    export(options, data, model, val_x)
+    report = choose_thresholds(
+        options.out / "view.onnx",
+        val_x,
+        val_y,
+        data.val_films,
+        options.model,
+        data.spec,
+        options.manifest,
+        data.split,
+    )
+    report |= _training_report(options, data, history, command)
+    report["train_seconds"] = round(time.monotonic() - started, 1)
+    write(options, report)
+    return report
+
+
+def load(options: ViewOptions) -> ViewData:
+    """The model version's split and preprocessing, the train and val films (cached under `out/cache`),
+    and the negatives: `negatives` per fit kind for training, a fifth as many (at least 20) for validation."""
+    spec = OnnxModel(options.model).spec
+    split = read_split(options.model / "split.csv")
+    cache = options.out / "cache"
+    train_films = load_films(options.manifest, split, "train", cache, spec)
+    val_films = load_films(options.manifest, split, "val", cache, spec)
+    negatives = render_negatives(options.negatives, options.seed, spec, train_films)
+    val_negatives = render_negatives(max(20, options.negatives // 5), options.seed + 100, spec, val_films)
     logger.info(
         "films: %d train, %d val; negatives %d fit, %d val",
         len(train_films),
@@ -215,39 +247,61 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         len(negatives),
         len(val_negatives),
     )
-    size = args.input_size
-    rng = np.random.default_rng(args.seed)
+    return ViewData(spec, split, train_films, val_films, negatives, val_negatives)
+
+
+def fit(options: ViewOptions, data: ViewData) -> tuple[Any, list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """(the model with the weights of its best epoch by validation accuracy, the history, the fixed
+    validation set x and y). Every epoch trains on 8,000 freshly drawn examples."""
+    import keras
+
+    size = options.input_size
+    rng = np.random.default_rng(options.seed)
     model = build(size)
     model.compile(
         optimizer=keras.optimizers.Adam(2e-3),
         loss=[keras.losses.SparseCategoricalCrossentropy(), None],
         metrics=[["accuracy"], []],
     )
-    val_x, val_y = fixed_set(val_films, val_negatives, size, spec)
+    val_x, val_y = fixed_set(data.val_films, data.val_negatives, size, data.spec)
     history = []
     best_accuracy, best_weights = -1.0, model.get_weights()
-    for epoch in range(args.epochs):
-        x, y = batch(train_films, negatives, rng, size, spec, 8000)
-        # Step schedule: full rate for half the epochs, then a quarter, then a sixteenth.
-        rate = 2e-3 * (0.25 ** int(epoch >= args.epochs // 2)) * (0.25 ** int(epoch >= 3 * args.epochs // 4))
-        model.optimizer.learning_rate.assign(rate)
-        fit = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
+    for epoch in range(options.epochs):
+        x, y = batch(data.train_films, data.negatives, rng, size, data.spec, 8000)
+        model.optimizer.learning_rate.assign(learning_rate(epoch, options.epochs))
+        fitted = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
         probabilities, _ = model.predict(val_x, verbose=0, batch_size=256)
         accuracy = float(np.mean(np.argmax(probabilities, axis=1) == val_y))
-        history.append({"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "val_accuracy": accuracy})
+        history.append(
+            {"epoch": epoch + 1, "loss": float(fitted.history["loss"][-1]), "val_accuracy": accuracy}
+        )
         logger.info(
             "view epoch %d/%d loss %.4f val accuracy %.4f",
             epoch + 1,
-            args.epochs,
+            options.epochs,
             history[-1]["loss"],
             accuracy,
         )
         if accuracy > best_accuracy:  # selection on validation accuracy over all nine classes
             best_accuracy, best_weights = accuracy, model.get_weights()
     model.set_weights(best_weights)
+    return model, history, val_x, val_y
 
-    # Distance: fitted on unaugmented training films in all 16 classes.
-    fit_x, fit_y = fixed_set(train_films, negatives[:0], size, spec)
+
+def learning_rate(epoch: int, epochs: int) -> float:
+    """Step schedule: full rate for half the epochs, then a quarter, then a sixteenth (`epoch` 0-based)."""
+    return 2e-3 * (0.25 ** int(epoch >= epochs // 2)) * (0.25 ** int(epoch >= 3 * epochs // 4))
+
+
+def export(options: ViewOptions, data: ViewData, model: Any, val_x: np.ndarray) -> None:
+    """Fit the Mahalanobis distance on unaugmented training films in all 16 classes and export
+    `out/view.onnx` (probabilities and distance), checked against Keras on validation samples."""
+    import tensorflow as tf
+
+    from export.tf_onnx import export_function
+
+    size = options.input_size
+    fit_x, fit_y = fixed_set(data.train_films, data.negatives[:0], size, data.spec)
     _, fit_features = model.predict(fit_x, verbose=0, batch_size=256)
     means, factor = fit_distance(fit_features, fit_y)
 
@@ -260,32 +314,41 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         distance = tf.sqrt(tf.reduce_min(tf.reduce_sum(projected**2, axis=2), axis=1))
         return {"probabilities": probabilities, "distance": distance}
 
-    out.mkdir(parents=True, exist_ok=True)
+    options.out.mkdir(parents=True, exist_ok=True)
     export_function(
         serve,
-        out / "view.onnx",
+        options.out / "view.onnx",
         reference=lambda x: model.predict(x, verbose=0)[0],
         samples=val_x[:: max(1, len(val_x) // 128)],
         output="probabilities",
     )
-    report = choose_thresholds(
-        out / "view.onnx", val_x, val_y, val_films, model_dir, spec, Path(args.manifest), split
-    )
-    report |= {
-        "command": "cxr train-view " + " ".join(shlex.quote(a) for a in sys.argv[2:])
-        if sys.argv[1:2] == ["train-view"]
-        else None,
-        "input_size": size,
+
+
+def _training_report(
+    options: ViewOptions, data: ViewData, history: list[dict[str, Any]], command: str | None
+) -> dict[str, Any]:
+    """view.json's record of how the model was trained (less `train_seconds`)."""
+    return {
+        "command": command,
+        "input_size": options.input_size,
         "classes": list(VIEW_CLASSES),
-        "train_films": len(train_films),
-        "val_films": len(val_films),
-        "fit_negatives": {"per_kind": args.negatives, "kinds": [*FIT_KINDS, "chest films in shuffled tiles"]},
-        "epochs": args.epochs,
+        "train_films": len(data.train_films),
+        "val_films": len(data.val_films),
+        "fit_negatives": {
+            "per_kind": options.negatives,
+            "kinds": [*FIT_KINDS, "chest films in shuffled tiles"],
+        },
+        "epochs": options.epochs,
         "history": history,
-        "train_seconds": round(time.monotonic() - started, 1),
     }
-    (out / "view.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+
+
+def write(options: ViewOptions, report: dict[str, Any]) -> None:
+    """Write view.json, log the validation measures and, with `install`, install into the model version."""
+    (options.out / "view.json").write_text(json.dumps(report, indent=2) + "\n")
+    logger.info("view model: %s", json.dumps(report["validation"]))
+    if options.install:
+        install(options.out, options.model, report)
 
 
 def choose_thresholds(
@@ -387,8 +450,11 @@ def install(out: Path, model_dir: Path, report: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    report = train(args)
-    logger.info("view model: %s", json.dumps(report["validation"]))
-    if args.install:
-        install(Path(args.out), Path(args.model), report)
+    """`cxr train-view`: exit status 0, or 2 for bad options."""
+    try:
+        options = ViewOptions.from_args(args)
+    except ValueError as error:
+        logger.error("%s", error)
+        return 2
+    train(options, command=command_line("train-view"))
     return 0

@@ -16,6 +16,8 @@ pytest.importorskip("tensorflow", reason="the [train] extra is not installed")
 
 from cxr.cli import main as cxr
 from export.dataset import read_manifest, read_split
+from export.options import TrainOptions
+from export.train import train
 from service.inference.model import OnnxModel
 
 
@@ -23,30 +25,8 @@ from service.inference.model import OnnxModel
 def exported(synthetic_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("pipeline")
     run = work / "run"
-    assert (
-        cxr(
-            [
-                "train",
-                "--manifest",
-                str(synthetic_manifest),
-                "--arch",
-                "compact",
-                "--epochs",
-                "2",
-                "--input-size",
-                "64",
-                "--segmenter",
-                "none",
-                "--out",
-                str(run),
-                "--batch-size",
-                "16",
-                "--weight-average",
-                "0.5",
-            ]
-        )
-        == 0
-    )
+    train(TrainOptions(manifest=synthetic_manifest, arch="compact", epochs=2, input_size=64,
+                       segmenter="none", out=run, batch_size=16, weight_average=0.5))  # fmt: skip
     assert (
         cxr(
             [

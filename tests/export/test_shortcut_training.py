@@ -14,6 +14,7 @@ pytest.importorskip("tensorflow", reason="the [train] extra is not installed")
 
 from cxr.cli import main as cxr
 from export.dataset import Row
+from export.options import TrainOptions
 from export.train import (
     Example,
     adversarial_model,
@@ -21,6 +22,7 @@ from export.train import (
     origin_targets,
     reversal_strength,
     source_gap_auroc,
+    train,
 )
 from service.imaging.preprocess import Geometry
 
@@ -111,10 +113,8 @@ def test_tiny_run_with_adversary_and_annotations_exports_only_the_classifier(
     import keras
 
     run = tmp_path / "run"
-    args = ["train", "--manifest", str(synthetic_manifest), "--arch", "compact", "--epochs", "3",
-            "--input-size", "64", "--segmenter", "none", "--out", str(run), "--batch-size", "16",
-            "--adversary", "0.5", "--annotations", "0.5"]  # fmt: skip
-    assert cxr(args) == 0
+    train(TrainOptions(manifest=synthetic_manifest, arch="compact", epochs=3, input_size=64, segmenter="none",
+                       out=run, batch_size=16, adversary=0.5, annotations=0.5))  # fmt: skip
     history = json.loads((run / "history.json").read_text())
     assert history[0]["reversal_strength"] == 0.0
     assert history[-1]["reversal_strength"] == pytest.approx(0.5 * (2 / (1 + np.exp(-10.0)) - 1), rel=1e-5)
