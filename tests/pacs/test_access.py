@@ -18,8 +18,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pacs.cli import run
-from tests.pacs.conftest import ROOT, Orthanc, Service, free_port, report_rows, settings, wait_for
 from tests.support.dicoms import chest_set
+from tests.support.pacs import ROOT, Orthanc, Service, free_port, report_rows, settings, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

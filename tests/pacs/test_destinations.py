@@ -14,8 +14,16 @@ from pydicom.uid import generate_uid
 
 from pacs.cli import run
 from pacs.state import UNKNOWN_DESTINATION, StateStore
-from tests.pacs.conftest import Orthanc, Service, exactly_one_sr_and_sc_each, load, report_rows, settings
 from tests.support.dicoms import chest_set
+from tests.support.pacs import (
+    OLD_LEDGER_TABLE,
+    Orthanc,
+    Service,
+    exactly_one_sr_and_sc_each,
+    load,
+    report_rows,
+    settings,
+)
 
 
 def test_rows_of_one_destination_are_not_another_s(tmp_path: Path) -> None:
@@ -36,11 +44,7 @@ def test_a_ledger_keyed_by_uid_alone_is_taken_over_by_its_first_destination(tmp_
     path = tmp_path / "old.sqlite"
     old = sqlite3.connect(path)
     old.executescript(
-        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
-        " series_instance_uid TEXT NOT NULL, status TEXT NOT NULL, result TEXT, sr_sop_instance_uid TEXT,"
-        " sr BLOB, error_kind TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, first_seen REAL NOT NULL,"
-        " updated REAL NOT NULL);"
-        "CREATE INDEX instances_status ON instances (status);"
+        OLD_LEDGER_TABLE + "CREATE INDEX instances_status ON instances (status);"
         "INSERT INTO instances VALUES ('1', 's', 'se', 'written', '{}', '9', NULL, NULL, NULL, 0, 0, 0);"
     )
     old.commit()

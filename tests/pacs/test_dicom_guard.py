@@ -18,8 +18,7 @@ from pacs.settings import PacsSettings
 from pacs.source import InstanceRef
 from pacs.spool import spool_name
 from pacs.uids import MAX_LENGTH, uid_problem
-from tests.pacs.conftest import Service, cxr, free_port, load, real_samples, report_rows, wait_for
-from tests.pacs.dicompeers import (
+from tests.support.dicompeers import (
     OUR_AE,
     PACS_AE,
     files_under,
@@ -30,6 +29,7 @@ from tests.pacs.dicompeers import (
     storescu,
 )
 from tests.support.dicoms import chest_set
+from tests.support.pacs import Service, cxr, free_port, load, real_samples, report_rows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -15,8 +15,7 @@ from pydicom.uid import generate_uid
 from pacs.dimse import DimseClient
 from pacs.retry import Backoff
 from pacs.tls import client_context
-from tests.pacs.conftest import Service, free_port, load, report_rows, wait_for
-from tests.pacs.dicompeers import (
+from tests.support.dicompeers import (
     PACS_AE,
     Certificates,
     hostile_file,
@@ -28,6 +27,7 @@ from tests.pacs.dicompeers import (
     storescu,
 )
 from tests.support.dicoms import chest_set
+from tests.support.pacs import Service, free_port, load, report_rows, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), needs_openssl]
 

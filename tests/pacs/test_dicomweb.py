@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
-from tests.pacs.conftest import (
+from tests.support.dicoms import make_dicom, phantom, quantise, variants
+from tests.support.pacs import (
     Orthanc,
     Service,
     check_srs,
@@ -19,7 +20,6 @@ from tests.pacs.conftest import (
     real_samples,
     report_rows,
 )
-from tests.support.dicoms import make_dicom, phantom, quantise, variants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -88,7 +88,7 @@ def test_dry_run_writes_nothing_and_records_nothing(
     orthanc: Orthanc, service: Service, tmp_path: Path
 ) -> None:
     from pacs.cli import run
-    from tests.pacs.conftest import settings
+    from tests.support.pacs import settings
 
     study = generate_uid()
     for data in list(variants(study).values())[:3]:
@@ -107,7 +107,7 @@ def test_permanent_failure_is_recorded_reported_and_exit_status_1(
     orthanc: Orthanc, service: Service, tmp_path: Path
 ) -> None:
     from pacs.cli import run
-    from tests.pacs.conftest import settings
+    from tests.support.pacs import settings
 
     study = generate_uid()
     good = make_dicom(quantise(phantom(), 12), bits_stored=12, window=(2048, 4096), study_uid=study)

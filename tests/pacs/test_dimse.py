@@ -11,7 +11,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from pacs.cli import run
-from tests.pacs.conftest import (
+from tests.support.dicoms import variants
+from tests.support.pacs import (
     GET_AE,
     LISTENER_AE,
     MOVE_AE,
@@ -25,7 +26,6 @@ from tests.pacs.conftest import (
     settings,
     wait_for,
 )
-from tests.support.dicoms import variants
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

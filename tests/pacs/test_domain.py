@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.pacs.conftest import Orthanc, Service, cxr, load, report_rows
 from tests.support.dicoms import make_dicom
+from tests.support.pacs import Orthanc, Service, cxr, load, report_rows
 from tests.support.shareddata import BUNDLED_MODELS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -18,6 +18,7 @@ from pacs.retry import Backoff, Permanent, Transient, retry
 from pacs.sc import Look
 from pacs.settings import PacsSettings, add_cli_flags, from_cli
 from pacs.state import StateStore
+from tests.support.pacs import OLD_LEDGER_TABLE
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -191,11 +192,8 @@ def test_a_ledger_from_before_the_sc_gains_its_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     old = sqlite3.connect(path)
     old.executescript(
-        "CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_instance_uid TEXT NOT NULL,"
-        " series_instance_uid TEXT NOT NULL, status TEXT NOT NULL, result TEXT, sr_sop_instance_uid TEXT,"
-        " sr BLOB, error_kind TEXT, error TEXT, attempts INTEGER NOT NULL DEFAULT 0, first_seen REAL NOT NULL,"
-        " updated REAL NOT NULL);"
-        "INSERT INTO instances VALUES ('1', 's', 'se', 'classified', '{}', '9', x'5352', NULL, NULL, 0, 0, 0);"
+        OLD_LEDGER_TABLE
+        + "INSERT INTO instances VALUES ('1', 's', 'se', 'classified', '{}', '9', x'5352', NULL, NULL, 0, 0, 0);"
     )
     old.commit()
     old.close()

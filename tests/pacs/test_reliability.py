@@ -22,7 +22,8 @@ from pacs.pipeline import Processor
 from pacs.report import Report
 from pacs.source import InstanceRef
 from pacs.state import StateStore
-from tests.pacs.conftest import (
+from tests.support.dicoms import chest_set
+from tests.support.pacs import (
     ROOT,
     Orthanc,
     Service,
@@ -32,7 +33,6 @@ from tests.pacs.conftest import (
     settings,
     wait_for,
 )
-from tests.support.dicoms import chest_set
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

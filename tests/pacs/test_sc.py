@@ -18,7 +18,9 @@ from pydicom.uid import generate_uid
 from pacs.cli import run
 from pacs.sc import NOT_ANALYSED_SERIES_DESCRIPTION
 from service.imaging.overlay import blend, colorize
-from tests.pacs.conftest import (
+from tests.support import domainstub
+from tests.support.dicoms import make_dicom, phantom, quantise
+from tests.support.pacs import (
     Orthanc,
     Service,
     exactly_one_sr_and_sc_each,
@@ -28,8 +30,6 @@ from tests.pacs.conftest import (
     sc_by_source,
     settings,
 )
-from tests.support import domainstub
-from tests.support.dicoms import make_dicom, phantom, quantise
 
 logger = logging.getLogger(__name__)
 

@@ -95,3 +95,16 @@ def png(**kwargs: Any) -> bytes:
 
 
 PNG_HEADERS = {"Content-Type": "image/png"}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """An RFC 9457 answer with the given status, a string detail, no traceback and the request id."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert {"type", "title", "detail", "instance"} <= set(body)
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert "Traceback" not in response.text
+    assert body["request_id"] == response.headers["x-request-id"]
+    return body

@@ -27,18 +27,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    repository = tmp_path / "models"
-    make_tiny_model(repository)
-    return repository
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`cxr serve` on the tiny model (CAM peaks where the image is bright), ready to classify."""

@@ -18,7 +18,7 @@ import pytest
 from service.imaging.decode import decode
 from service.imaging.dicom import _read_dataset, _stored_pixels, display_values
 from service.imaging.pixels import to_training_scale
-from tests.pacs.conftest import Orthanc, real_samples
+from tests.support.pacs import Orthanc, real_samples
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from pacs.cli import run
 from pacs.settings import PacsSettings
-from tests.pacs.conftest import free_port, settings, wait_for
+from tests.support.pacs import free_port, settings, wait_for
 
 PACS_AE = "TESTPACS"
 OUR_AE = "CXRLISTEN"
