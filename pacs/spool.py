@@ -38,7 +38,8 @@ class Spool:
     def __init__(self, folder: Path, *, max_bytes: int) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be at least 1")
-        folder.mkdir(parents=True, exist_ok=True)
+        # The spool holds patient images: readable by this user alone (a folder made earlier keeps its mode).
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder = folder.resolve()
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -76,7 +77,7 @@ class Spool:
             self._reserved += len(data)
         partial = self._inside(f".{secrets.token_hex(16)}{_PARTIAL}")
         try:
-            with partial.open("xb") as handle:
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
