@@ -109,13 +109,15 @@ def _run(command: list[str], what: str) -> None:
 def ensure_venv(
     peer: Peer,
     *,
-    cache: Path = CACHE,
+    cache: Path | None = None,
     create: bool = True,
-    runner: Callable[[list[str], str], None] = _run,
+    runner: Callable[[list[str], str], None] | None = None,
 ) -> tuple[Path, float]:
-    """(the peer's Python, seconds spent creating its environment, 0.0 when cached). Raises
-    PeerUnavailable with the reason when it is not cached and `create` is false, or the install fails."""
-    folder = venv_dir(peer, cache)
+    """(the peer's Python, seconds spent creating its environment, 0.0 when cached) in `cache` (default
+    CACHE); `runner(command, what)` runs each install step (default: a subprocess; raises PeerUnavailable).
+    Raises PeerUnavailable with the reason when it is not cached and `create` is false, or the install fails."""
+    folder = venv_dir(peer, cache or CACHE)
+    runner = runner or _run
     if (folder / _COMPLETE).is_file() and _python(folder).is_file():
         return _python(folder), 0.0
     if not create:
