@@ -6,7 +6,8 @@ One invocation, one machine, the same model and images for every target:
    optimization the service relies on;
 2. each target as a real process on a free loopback port (loadtest/targets.py): the service with its
    defaults (the batch policy it chose at warm-up is recorded), the naive baseline (loadtest/naive_app.py)
-   and Ray Serve with `@serve.batch` (loadtest/peer_ray.py), each over a closed-loop concurrency sweep and
+   Ray Serve with `@serve.batch` (loadtest/peer_ray.py), and LitServe and BentoML from environments of their
+   own (loadtest/peers.py; skipped with the reason when they cannot be installed or started), each over a closed-loop concurrency sweep and
    an open-loop sweep of fixed arrival rates (fractions of the service's peak; loadtest/loadgen.py); then
    the service with one setting changed at a time (the batch policy fixed at 1 and at the maximum among
    them), each next to the defaults;
@@ -326,7 +327,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", help="closed-loop clients, comma-separated (default 1,4,16,64)")
     parser.add_argument("--duration-s", type=float, help="measured seconds per load level (default 8)")
     parser.add_argument(
-        "--quick", action="store_true", help="seconds-long smoke run (no peer unless --targets names it)"
+        "--quick",
+        action="store_true",
+        help="seconds-long smoke run (of the peers, LitServe only unless --targets names others)",
     )
 
 
