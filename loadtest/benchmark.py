@@ -6,7 +6,8 @@ One invocation, one machine, the same model and images for every target:
    optimization the service relies on;
 2. each target as a real process on a free loopback port (loadtest/targets.py): the service with its
    defaults (the batch policy it chose at warm-up is recorded), the naive baseline (loadtest/naive_app.py)
-   and Ray Serve with `@serve.batch` (loadtest/peer_ray.py), each over a closed-loop concurrency sweep and
+   Ray Serve with `@serve.batch` (loadtest/peer_ray.py), and LitServe and BentoML from environments of their
+   own (loadtest/peers.py; skipped with the reason when they cannot be installed or started), each over a closed-loop concurrency sweep and
    an open-loop sweep of fixed arrival rates (fractions of the service's peak; loadtest/loadgen.py); then
    the service with one setting changed at a time (the batch policy fixed at 1 and at the maximum among
    them), each next to the defaults;
@@ -276,7 +277,7 @@ def run(plan: Plan) -> dict[str, Any]:
         in_process.round()
     from loadtest import sweeps  # psutil comes with the [load] extra; `cxr --help` needs none of it
 
-    results["runs"], results["overload"], results["batching"] = sweeps.measure_targets(
+    results["runs"], results["overload"], results["batching"], results["peers"] = sweeps.measure_targets(
         plan, paired=in_process.paired_round
     )
     peak = bench_report.peak_run(results["runs"], "service")
@@ -326,7 +327,9 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", help="closed-loop clients, comma-separated (default 1,4,16,64)")
     parser.add_argument("--duration-s", type=float, help="measured seconds per load level (default 8)")
     parser.add_argument(
-        "--quick", action="store_true", help="seconds-long smoke run (no peer unless --targets names it)"
+        "--quick",
+        action="store_true",
+        help="seconds-long smoke run (of the peers, LitServe only unless --targets names others)",
     )
 
 
@@ -355,7 +358,9 @@ def main(args: argparse.Namespace) -> int:
     if args.quick:
         plan.shrink()
         if args.targets == ",".join(DEFAULT_TARGETS):
-            plan.targets = [t for t in DEFAULT_TARGETS if t != "peer"]  # Ray takes ~20 s to start
+            # Ray takes ~20 s to start; LitServe's environment is created in ~20 s when not cached (BentoML's
+            # takes ~40 s, so it is left to the full run).
+            plan.targets = [t for t in DEFAULT_TARGETS if t not in ("peer", "bentoml")]
     if args.targets != ",".join(DEFAULT_TARGETS):
         plan.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.concurrency:

@@ -66,6 +66,8 @@ def check_answer(
         answer = json.loads(body)
     except ValueError:
         return "body is not JSON"
+    if isinstance(answer, list) and not full:  # a BentoML batchable API answers the request's list as is
+        answer = {"results": answer}
     if not isinstance(answer, dict):
         return "body is not a JSON object"
     results = answer.get("results")

@@ -11,10 +11,14 @@ from loadtest.images import Sample
 from service.inference.cpus import usable_cpus
 from service.settings import Settings
 
-TARGETS = ("service", "service-b1", "naive", "naive-service-decoder", "peer")
-DEFAULT_TARGETS = ("service", "naive", "naive-service-decoder", "peer")
+TARGETS = (
+    "service", "service-b1", "naive", "naive-service-decoder", "peer", "litserve", "bentoml",
+    "litserve-pillow", "bentoml-pillow",
+)  # fmt: skip
+DEFAULT_TARGETS = ("service", "naive", "naive-service-decoder", "peer", "litserve", "bentoml")
 """`service-b1` (a whole sweep at max batch 1) only when asked for: the fixed-batch-1 variant measures that
-next to the defaults, which is the comparison that matters."""
+next to the defaults, which is the comparison that matters. The peers with Pillow's decoder
+(loadtest/peers.py) too: the naive pair already tells the decoder's share."""
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import httpx
 import psutil
 
-from loadtest import limit, targets
+from loadtest import limit, peers, targets
 from loadtest.loadgen import LoadGenerator, Outcome, Request, Summary, summarise
 from loadtest.plan import Plan
 
@@ -203,11 +203,69 @@ def _command(
     raise ValueError(f"unknown target {target!r}")
 
 
+def _peer(plan: Plan, name: str, rates: list[float]) -> tuple[list[Summary], dict[str, Any]]:
+    """A peer of loadtest.peers: its environment (created or cached), each of its settings at the
+    highest client count (the quick plan: the first setting only), then the full sweep with the best.
+    Raises PeerUnavailable with the reason when it cannot be installed or started."""
+    peer = peers.PEERS[name]
+    python, created_s = peers.ensure_venv(peer)
+    info: dict[str, Any] = {
+        "framework": peer.framework,
+        "decoder": peer.decoder,
+        "environment": str(python.parent.parent),
+        "environment_created_s": round(created_s, 1),
+        "settings": [],
+    }
+    samples = peers.upload_samples(peer, plan.samples)
+    timeout_s = plan.defaults.request_timeout_s
+
+    @contextlib.contextmanager
+    def started(setting: peers.Setting, log: Path) -> Iterator[LoadGenerator]:
+        port = targets.free_port()
+        command, env = peers.command(peer, python, plan.model_dir, port, setting, timeout_s)
+        try:
+            launched = targets.launch(
+                name, command, log, ready_path=peer.ready_path, port=port, env=env, timeout_s=180
+            )
+            running = launched.__enter__()
+        except (RuntimeError, TimeoutError) as error:
+            last = str(error).strip().splitlines()
+            raise peers.PeerUnavailable(f"{setting.label}: did not start ({last[0]}; log {log})") from None
+        try:
+            yield LoadGenerator(
+                Request(running.url + "/classify", full_check=False),
+                samples,
+                timeout_s=timeout_s + _CLIENT_SLACK_S,
+            )
+        finally:
+            launched.__exit__(None, None, None)
+
+    tried = peer.settings[:1] if plan.quick else peer.settings
+    clients = max(plan.concurrency)
+    for index, setting in enumerate(tried):
+        with started(setting, plan.log_dir / f"{name}-setting-{index}.log") as generator:
+            measured = _closed(plan, generator, name, "setting", clients)
+        _log(measured)
+        info["settings"].append({"setting": setting.label, "clients": clients, **measured.as_dict()})
+    best = max(range(len(tried)), key=lambda index: info["settings"][index]["images_per_s"])
+    info["chosen"] = tried[best].label
+    with started(tried[best], plan.log_dir / f"{name}.log") as generator:
+        closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[])
+        top = max(closed, key=lambda s: s.images_per_s)
+        for _ in range(plan.pairs):
+            again = sweep(plan, name, generator, clients=[int(top.level)], rates=[])
+            for summary in again:
+                summary.repeat = True
+            closed += again
+        return closed + sweep(plan, name, generator, clients=[], rates=rates), info
+
+
 def measure_targets(
     plan: Plan, paired: Callable[[], float] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Every target's sweeps (service first), the service's overload checks and the batch policy it
-    chose at warm-up (its `/v1/models` entry's `batching`). After each closed-loop sweep, the best level is
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Every target's sweeps (service first), the service's overload checks, the batch policy it
+    chose at warm-up (its `/v1/models` entry's `batching`) and the peers of loadtest.peers (how each was
+    set up, or why it was skipped). After each closed-loop sweep, the best level is
     measured `plan.pairs` more times; for the service each of those has a call of `paired` (a round of the
     in-process limit, returning its images/s) right before or after it, so that each service measurement
     has a limit measured next to it in time."""
@@ -217,7 +275,17 @@ def measure_targets(
     batching: dict[str, Any] = {}
     rates: list[float] = []
     logs = plan.log_dir
+    peer_info: dict[str, Any] = {}
     for name in order:
+        if name in peers.PEERS:
+            try:
+                measured, peer_info[name] = _peer(plan, name, rates)
+            except peers.PeerUnavailable as error:
+                logger.warning("%s skipped: %s", name, error)
+                peer_info[name] = {"framework": peers.PEERS[name].framework, "skipped": str(error)}
+                continue
+            runs += measured
+            continue
         command, path, env, ready, port = _command(plan, name)
         log = logs / f"{name}.log"
         with targets.launch(
@@ -250,7 +318,7 @@ def measure_targets(
                 checks = overload(plan, running, generator, peak)
     if "service" in order:
         runs += variants(plan, int(peak.level))
-    return [summary.as_dict() for summary in runs], checks, batching
+    return [summary.as_dict() for summary in runs], checks, batching, peer_info
 
 
 def http_floor(plan: Plan, clients: int) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """`cxr bench --quick`: the whole harness for real, in seconds (tiny model, synthetic full-size images,
-real uvicorn processes on free loopback ports), and the Ray Serve peer answering the same images."""
+real uvicorn processes on free loopback ports, LitServe from its own cached environment), and the Ray Serve
+peer answering the same images."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def test_quick_benchmark_writes_results_doc_and_plot(
         model_dir=tiny_model,
         samples=samples,
         out_dir=tmp_path,
-        targets=["naive", "service"],
+        targets=["naive", "service", "litserve"],
         log_dir=tmp_path / "logs",
     )
     plan.shrink()
@@ -38,8 +39,11 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     assert results == json.loads((tmp_path / "results.json").read_text())
     runs = results["runs"]
     assert runs[0]["target"] == "service"  # the service goes first: it sets the open-loop rates
+    # LitServe (loadtest/peers.py) is measured from its own environment, or skipped with the reason.
+    litserve = results["peers"]["litserve"]
+    measured_peers = () if "skipped" in litserve else ("litserve",)
     assert {(r["target"], r["mode"]) for r in runs} == {
-        (target, mode) for target in ("service", "naive") for mode in ("closed", "open")
+        (target, mode) for target in ("service", "naive", *measured_peers) for mode in ("closed", "open")
     } | {("service --log-level warning", "variant")}
     for closed in (r for r in runs if r["mode"] == "closed"):
         assert closed["ok"] > 0 and closed["error_rate"] == 0.0, closed
@@ -65,9 +69,17 @@ def test_quick_benchmark_writes_results_doc_and_plot(
     assert "median of 1 back-to-back pairs" in next(
         check["check"] for check in results["acceptance"] if check["check"].startswith("service peak / in-")
     )
-    assert checks["service peak / best peer"]["pass"] is None  # no peer in this run: not measured, not passed
-    assert "skipped" in results["gpu"] or results["gpu"]["providers"]
     document = (tmp_path / "benchmarks.md").read_text()
+    if measured_peers:
+        # The quick plan tries the first documented setting only, and the report says which was kept.
+        (setting,) = litserve["settings"]
+        assert setting["ok"] > 0 and setting["error_rate"] == 0.0 and litserve["chosen"] == setting["setting"]
+        assert f"| LitServe (the service's decoder) | {setting['setting']} (kept) |" in document
+        assert checks["service peak / best peer"]["value"] > 0
+    else:
+        assert litserve["skipped"] and "| LitServe (the service's decoder) | **skipped**: " in document
+        assert checks["service peak / best peer"]["pass"] is None  # not measured, not passed
+    assert "skipped" in results["gpu"] or results["gpu"]["providers"]
     assert "Do not edit by hand" in document and "Quick smoke run" in document
     assert "## Service settings, measured end to end" in document and "event loop thread ms" in document
     # Each variant is measured next to the defaults (not against the sweep, minutes earlier).

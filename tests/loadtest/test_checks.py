@@ -88,3 +88,15 @@ def test_the_loader_finds_every_format_and_builds_multipart(image_folder: Any) -
     body, content_type = multipart(samples[:2])
     boundary = content_type.split("boundary=")[1]
     assert body.count(f"--{boundary}".encode()) == 3 and body.endswith(f"--{boundary}--\r\n".encode())
+
+
+def test_bentoml_list_answer_counts_only_for_peers() -> None:
+    """A BentoML batchable API answers a request's list of results as is: fine for a peer (full=False),
+    never for the service, whose answer must be an object with a request_id."""
+    from loadtest.checks import check_answer
+
+    item = {"label": "covid", "probabilities": {"covid": 0.9, "non-covid": 0.1}, "threshold": 0.5}
+    body = json.dumps([item]).encode()
+    assert check_answer(200, body, 1, full=False) is None
+    assert check_answer(200, body, 2, full=False) == "1 results for 2 images"
+    assert check_answer(200, body, 1, full=True) == "body is not a JSON object"
