@@ -17,7 +17,6 @@ Decoding (CXR_NAIVE_DECODE):
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,11 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from fastapi import Body, FastAPI, HTTPException
-from PIL import Image
 
+from loadtest.pillow_decode import decode_pillow
 from service.errors import CxrError
 from service.imaging.decode import decode
-from service.imaging.pixels import DecodedImage, ImageFormat, to_training_scale
+from service.imaging.pixels import DecodedImage
 from service.inference.decision import label_for
 from service.inference.model import MODEL_FILE, OnnxModel, load_default
 
@@ -45,16 +44,7 @@ if _decode_mode not in ("full", "service"):
 
 def _decoded(body: bytes) -> DecodedImage:
     """8-bit grayscale at the training scale, by the decoder this instance was started with."""
-    if _decode_mode == "service":
-        return decode(body)
-    try:
-        with Image.open(io.BytesIO(body)) as image:
-            fmt: ImageFormat = "png" if image.format == "PNG" else "jpeg"
-            gray = np.asarray(image.convert("L"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise HTTPException(400, f"not a readable image: {type(error).__name__}") from None
-    # A first app converts to grayscale and keeps no colour measure: the input check's colour step sees 0.
-    return DecodedImage(to_training_scale(gray), fmt, gray.shape[0], gray.shape[1], colour_fraction=0.0)
+    return decode(body) if _decode_mode == "service" else decode_pillow(body)
 
 
 app = FastAPI(title="naive baseline (benchmark only)")

@@ -31,6 +31,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
+from loadtest.pillow_decode import decode_pillow
 from service.imaging.decode import decode
 from service.inference.cpus import usable_cpus
 from service.inference.decision import label_for
@@ -40,12 +41,6 @@ _WORKERS = int(os.environ.get("CXR_PEER_WORKERS", "1"))
 _MAX_BATCH_SIZE = int(os.environ.get("CXR_PEER_MAX_BATCH_SIZE", "8"))
 _TIMEOUT_S = float(os.environ.get("CXR_PEER_TIMEOUT_S", "30"))
 _THREADS = max(1, usable_cpus() // _WORKERS)
-
-
-def _pillow(body: bytes) -> Any:
-    from loadtest.peer_litserve import decode_pillow  # the same Pillow path as the LitServe peer
-
-    return decode_pillow(body)
 
 
 @bentoml.service(
@@ -60,7 +55,7 @@ class Classifier:
             providers=["CPUExecutionProvider"],
             intra_op_threads=_THREADS,
         )
-        self.decode = _pillow if os.environ.get("CXR_PEER_DECODER", "service") == "pillow" else decode
+        self.decode = decode_pillow if os.environ.get("CXR_PEER_DECODER", "service") == "pillow" else decode
         self.pool = ThreadPoolExecutor(max_workers=_THREADS)
         size = self.model.input_size
         for batch in range(1, _MAX_BATCH_SIZE + 1):  # warm every shape, as the service does

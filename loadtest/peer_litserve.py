@@ -22,7 +22,6 @@ PYTHONPATH:
 
 # No `from __future__ import annotations`: LitServe reads decode_request's annotation at run time.
 import argparse
-import io
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,11 +29,10 @@ from typing import Annotated, Any
 import litserve as ls
 import numpy as np
 from fastapi import Body, HTTPException
-from PIL import Image
 
+from loadtest.pillow_decode import decode_pillow
 from service.errors import CxrError
 from service.imaging.decode import decode
-from service.imaging.pixels import DecodedImage, ImageFormat, to_training_scale
 from service.inference.cpus import usable_cpus
 from service.inference.decision import label_for
 from service.inference.model import OnnxModel
@@ -44,17 +42,6 @@ logger = logging.getLogger(__name__)
 RawBody = Annotated[bytes, Body(media_type="application/octet-stream")]
 """The route's parameter type: LitServe gives its route `decode_request`'s annotation, and FastAPI reads a
 `bytes` Body as the raw upload (a plain `Request` would be parsed as JSON or a form)."""
-
-
-def decode_pillow(body: bytes) -> DecodedImage:
-    """Pillow's full decode to 8-bit grayscale at the training scale (loadtest/naive_app.py's default)."""
-    try:
-        with Image.open(io.BytesIO(body)) as image:
-            fmt: ImageFormat = "png" if image.format == "PNG" else "jpeg"
-            gray = np.asarray(image.convert("L"))
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise HTTPException(400, f"not a readable image: {type(error).__name__}") from None
-    return DecodedImage(to_training_scale(gray), fmt, gray.shape[0], gray.shape[1], colour_fraction=0.0)
 
 
 class Classifier(ls.LitAPI):  # type: ignore[misc]

@@ -108,7 +108,7 @@ def test_multipart_upload_carries_the_file_unchanged(image_folder: Path) -> None
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bentoml", "litserve-pillow"])
+@pytest.mark.parametrize("name", ["bentoml", "bentoml-pillow", "litserve-pillow"])
 def test_peer_answers_from_its_cached_environment(
     name: str, tiny_model: Path, image_folder: Path, tmp_path: Path
 ) -> None:
