@@ -1,6 +1,6 @@
 """Is an answer a correct classification? A load test counts a fast wrong answer as a failure.
 
-The full check follows the API in the README (service answers); the short check covers the fields every
+The full check follows the API in docs/api.md (service answers); the short check covers the fields every
 target of the benchmark returns (`label`, `probabilities`, `threshold`), so the naive baseline and the
 peer framework are held to the same rule as the service.
 """

@@ -38,6 +38,9 @@ def _default(name: str, field: FieldInfo) -> str:
     if name in _MACHINE_DEFAULTS:
         return _MACHINE_DEFAULTS[name]
     factory: Callable[[], Any] | None = field.default_factory  # type: ignore[assignment]
+    if factory is not None and factory is not list and getattr(factory, "__name__", "") != "<lambda>":
+        # a computed default (a path, a CPU count) would print this machine's value: describe it above
+        raise ValueError(f"{name}: its default is computed by {factory!r}; add it to _MACHINE_DEFAULTS")
     value = factory() if factory is not None else field.default
     if value is None or value == []:
         return "-"
