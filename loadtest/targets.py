@@ -107,13 +107,20 @@ def launch(
         url = _wait(process, log, port, ready_path, timeout_s)
         yield Target(name, url, process, log)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        # The whole process group: a framework's own worker processes (LitServe's API server and workers)
+        # outlive their parent otherwise, and kept spinning a core each after the bench had finished.
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        _signal_group(process.pid, signal.SIGKILL)  # whatever of the group is left once the leader is gone
+
+
+def _signal_group(group: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # nothing left in the group
+        os.killpg(group, sig)
 
 
 def service_command(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from loadtest import bench_report, peers, sweeps, targets
@@ -130,3 +131,10 @@ def test_peer_answers_from_its_cached_environment(
                 timeout=60,
             )
             assert check_answer(response.status_code, response.content, 1, full=False) is None, sample.name
+    # Nothing of the peer outlives the bench: its framework's own worker processes neither (LitServe's did).
+    left = [
+        p.info["pid"]
+        for p in psutil.process_iter(["pid", "cmdline"])
+        if f"--port {port}" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert left == []
