@@ -69,8 +69,9 @@ QUICK = Sweep(1, 1, 1, window_ms=1000, max_trials=3, stability_percent=100.0)
 """The quick bench's smoke run: concurrency 1, short windows, any two consecutive windows accepted."""
 
 
-def prepare(script: Path = SCRIPT, timeout_s: float = 300.0) -> str | None:
-    """None when perf_analyzer runs here (prepared and cached by `script`), else the one-line reason."""
+def prepare(script: Path = SCRIPT, timeout_s: float = 300.0, python: str = sys.executable) -> str | None:
+    """None when perf_analyzer runs here (prepared and cached by `script`, with `python`'s pip), else the
+    one-line reason."""
     try:
         done = subprocess.run(
             ["bash", str(script), "--prepare-only"],
@@ -78,7 +79,7 @@ def prepare(script: Path = SCRIPT, timeout_s: float = 300.0) -> str | None:
             text=True,
             timeout=timeout_s,
             check=False,
-            env={**os.environ, "CXR_PERF_ANALYZER_PYTHON": sys.executable},
+            env={**os.environ, "CXR_PERF_ANALYZER_PYTHON": python},
         )
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"{script.name} failed: {error}"

@@ -17,7 +17,8 @@ VERSION="2.60.*"
 PYTHON="${CXR_PERF_ANALYZER_PYTHON:-python3}"
 PACKAGES=(libc6 libstdc++6 libgcc-s1)
 
-fail() { echo "perf_analyzer unavailable: $*" >&2; exit 3; }
+# A failed preparation leaves no half folder behind: the next run starts again.
+fail() { rm -rf "$CACHE.partial"; echo "perf_analyzer unavailable: $*" >&2; exit 3; }
 
 mirror() {
   # The first Debian URI of this machine's own apt sources (deb822 or one-line format).
