@@ -127,6 +127,7 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "pass": value <= 3.0,
             }
         )
+    checks += _perf_analyzer_check(results.get("perf_analyzer"))
     overload = results.get("overload") or {}
     if overload:
         rss = overload["rss_mib"]
@@ -249,6 +250,7 @@ def write(results: dict[str, Any], out_dir: Path) -> Path:
         *_variants_section(results["runs"]),
         *peers_section(results.get("peers") or {}),
         *_overload_section(results.get("overload") or {}),
+        *perf_analyzer_section(results.get("perf_analyzer")),
         "## GPU",
         "",
         *_gpu_section(results["gpu"]),
@@ -578,4 +580,80 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
                 f"| {shown} | {tried['setting']}{kept} | {tried['clients']} | {tried['images_per_s']:.1f} | "
                 f"{_ms(tried['p99_ms'])} | {100 * tried['error_rate']:.1f} % | {environment} |"
             )
+    return [*lines, ""]
+
+
+def _perf_analyzer_check(perf: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every request perf_analyzer sent to /v2 answered 200, by the service's own counters."""
+    if not perf:
+        return []
+    service = perf.get("service_v2") or {}
+    counted = service.get("server_counted")
+    if "skipped" in perf or "skipped" in service or not counted:
+        why = perf.get("skipped") or service.get("skipped") or "no counts"
+        return [{"check": "perf_analyzer on /v2: every request answered 200", "value": f"skipped: {why}",
+                 "required": "only 200", "pass": None}]  # fmt: skip
+    other = counted["other"]
+    return [
+        {
+            "check": "perf_analyzer on /v2: every request answered 200",
+            "value": f"{counted['ok']:.0f} x 200" + (f", others {other}" if other else ""),
+            "required": f"only 200, >= {counted['sent_measured']} measured",
+            "pass": bool(counted["pass"]),
+        }
+    ]
+
+
+def perf_analyzer_section(perf: dict[str, Any] | None) -> list[str]:
+    """perf_analyzer (Triton's load client, loadtest/perf.py) against /v2 and PyTriton, side by side per
+    concurrency, with the servers' own count of what was answered; or why it was skipped."""
+    if not perf:
+        return []
+    lines = ["## perf_analyzer: /v2 tensors, cxr serve vs Triton (PyTriton)", ""]
+    if "skipped" in perf:
+        return [*lines, f"Skipped: {perf['skipped']}.", ""]
+    sweep = perf["sweep"]
+    lines += [
+        f"Concurrency {sweep['concurrency']}, {sweep['window_ms']} ms windows, up to {sweep['max_trials']} "
+        f"per level, stable within {sweep['stability_percent']:g} %; input: {perf['input']}.",
+        "",
+    ]
+    servers = {"service_v2": "cxr serve /v2", "pytriton": "PyTriton (Triton 2.51)"}
+    for key, shown in servers.items():
+        info = perf.get(key) or {}
+        if "skipped" in info:
+            lines.append(f"- {shown}: **skipped**: {info['skipped']}")
+            continue
+        counted = info.get("server_counted") or {}
+        verdict = _pass(counted.get("pass"))
+        lines.append(
+            f"- {shown}: server counted {counted.get('ok', 0):.0f} answered ok "
+            f"(perf_analyzer measured {counted.get('sent_measured', 0)}), other statuses "
+            f"{counted.get('other') or 'none'}: {verdict}"
+        )
+        if info.get("not_measured"):
+            missing = info["not_measured"]
+            lines.append(f"  - not measured at concurrency {missing['concurrency']}: {missing['why']}")
+    by_level: dict[int, dict[str, dict[str, float]]] = {}
+    for key in servers:
+        for row in (perf.get(key) or {}).get("rows", []):
+            by_level.setdefault(int(row["concurrency"]), {})[key] = row
+    if by_level:
+        lines += [
+            "",
+            "| concurrency | /v2 infer/s | /v2 p50 / p95 / p99 ms | PyTriton infer/s | PyTriton p50 / p95 / p99 ms |",
+            "|---|---|---|---|---|",
+        ]
+        for level in sorted(by_level):
+            cells = []
+            for key in servers:
+                row = by_level[level].get(key)
+                if row is None:
+                    cells += ["-", "-"]
+                else:
+                    cells += [
+                        f"{row['throughput_per_s']:.1f}",
+                        f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} / {row['p99_ms']:.1f}",
+                    ]
+            lines.append(f"| {level} | " + " | ".join(cells) + " |")
     return [*lines, ""]

@@ -16,7 +16,10 @@ One invocation, one machine, the same model and images for every target:
 4. the HTTP floor (loadtest/floor_app.py: uvicorn and an app that only reads the body) at the service's
    peak, and what receiving the films costs the limit's work: its pipeline in a process of its own, alone
    and beside that floor receiving the films at 0.95 x the limit's rate (loadtest.sweeps.beside_floor);
-5. a GPU section when a CUDA provider is usable (else skipped, saying why).
+5. a GPU section when a CUDA provider is usable (else skipped, saying why);
+6. Triton's perf_analyzer on the tensor path (loadtest/perf.py): `cxr serve`'s /v2 and PyTriton side by
+   side, the service's counters checked (with `--quick`: concurrency 1, short windows, and PyTriton only
+   from a cached environment); skipped with the reason when perf_analyzer cannot run here.
 
 It writes `results.json`, `benchmarks.md` and the throughput-vs-p99 plot (loadtest/bench_report.py). The
 benchmark is a command of its own (minutes); `--quick` is the seconds-long smoke run the tests use.
@@ -286,6 +289,14 @@ def run(plan: Plan) -> dict[str, Any]:
     results["beside_floor"] = sweeps.beside_floor(plan, *in_process.best_pipeline())
     results["limit"] = in_process.result()
     results["gpu"] = _gpu(plan)
+    if plan.perf_analyzer:
+        from loadtest import perf
+
+        sweep = perf.QUICK if plan.quick else perf.Sweep()
+        # The quick run does not create PyTriton's environment (~75 s, ~500 MB): skipped unless cached.
+        results["perf_analyzer"] = perf.run(
+            plan.model_dir, plan.samples, plan.log_dir / "perf", sweep, create=not plan.quick
+        )
     # Load at the end too: other processes that started during the run took CPU from its figures.
     results["host"]["load_average_at_end"] = list(os.getloadavg())
     results["acceptance"] = bench_report.acceptance(results)

@@ -58,6 +58,7 @@ class Peer:
     upload: str  # "raw" (the body is the file, as /v1/classify) or "multipart" (a form field "image")
     ready_path: str
     settings: tuple[Setting, ...] = field(default_factory=tuple)
+    pinned: tuple[str, ...] = _PINNED  # shared packages pinned to the benchmark's versions
 
 
 _SETTINGS = (
@@ -75,10 +76,32 @@ PEERS: dict[str, Peer] = {
 }
 
 
+def _onnxruntime_pin() -> str:
+    for package in ("onnxruntime", "onnxruntime-gpu"):  # the CPU package at the benchmark's version
+        try:
+            return f"onnxruntime=={importlib.metadata.version(package)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "onnxruntime"
+
+
+PYTRITON = Peer(
+    "pytriton",
+    "tensor",  # preprocessed tensors in (perf_analyzer's --input-data), no decoder
+    # PyTriton 0.7 (Triton server 2.51, python backend only) needs numpy<2: numpy, OpenCV and Pillow are
+    # not pinned to the benchmark's versions; ONNX Runtime is, as the CPU package.
+    ("nvidia-pytriton>=0.7,<0.8", "numpy<2", _onnxruntime_pin()),
+    "tensor",
+    "/v2/health/ready",
+    pinned=(),
+)
+"""Triton's server (through PyTriton) on the tensor path, measured with perf_analyzer (loadtest/perf.py)."""
+
+
 def requirements(peer: Peer) -> list[str]:
     """The peer's framework plus the shared libraries at the benchmark's own versions."""
     pins = []
-    for package in _PINNED:
+    for package in peer.pinned:
         try:
             pins.append(f"{package}=={importlib.metadata.version(package)}")
         except importlib.metadata.PackageNotFoundError:

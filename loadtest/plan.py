@@ -39,6 +39,7 @@ class Plan:
     limit_rounds: int = 2
     pairs: int = 3
     quick: bool = False
+    perf_analyzer: bool = True  # loadtest/perf.py: Triton's perf_analyzer against /v2 and PyTriton
     service_variants: dict[str, list[str]] = field(default_factory=dict)
     # The targets' logs stay out of the output folder (docs/ is committed); the path is logged at the end.
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cxr-bench-logs-")))
