@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest import peers, targets
 from loadtest.images import Sample, load_samples
@@ -38,10 +39,6 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 SCRIPT = targets.ROOT / "scripts" / "perf_analyzer.sh"
 _UNAVAILABLE = "perf_analyzer unavailable: "
-_V2_INFER = re.compile(
-    r'^cxr_http_requests_total\{method="POST",route="(/v2/models/[^"]*infer)",status="(\d+)"\} (\S+)$'
-)
-_TRITON_COUNTS = re.compile(r'^nv_inference_request_(success|failure)\{[^}]*model="([^"]*)"[^}]*\} (\S+)$')
 
 
 @dataclass(frozen=True)
@@ -125,24 +122,38 @@ def read_csv(path: Path) -> list[dict[str, float]]:
     return sorted(rows, key=lambda row: row["concurrency"])
 
 
+def _samples(metrics_text: str, counter: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of the counter `counter` in a Prometheus text exposition (the parser
+    names a counter's samples `<counter>_total` whether or not the exposition did)."""
+    return [
+        (sample.labels, float(sample.value))
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == counter
+        for sample in family.samples
+        if sample.name == f"{counter}_total"
+    ]
+
+
 def v2_counts(metrics_text: str) -> dict[str, float]:
     """The service's /v2 infer requests by status (summed over the model and version routes)."""
     counts: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        match = _V2_INFER.match(line)
-        if match:
-            counts[match[2]] = counts.get(match[2], 0.0) + float(match[3])
+    for labels, value in _samples(metrics_text, "cxr_http_requests"):
+        route = labels.get("route", "")
+        if labels.get("method") == "POST" and route.startswith("/v2/models/") and route.endswith("infer"):
+            counts[labels["status"]] = counts.get(labels["status"], 0.0) + value
     return counts
 
 
 def triton_counts(metrics_text: str, model: str) -> dict[str, float]:
     """Triton's success and failure counters for `model`."""
-    counts = {"success": 0.0, "failure": 0.0}
-    for line in metrics_text.splitlines():
-        match = _TRITON_COUNTS.match(line)
-        if match and match[2] == model:
-            counts[match[1]] += float(match[3])
-    return counts
+    return {
+        outcome: sum(
+            value
+            for labels, value in _samples(metrics_text, f"nv_inference_request_{outcome}")
+            if labels.get("model") == model
+        )
+        for outcome in ("success", "failure")
+    }
 
 
 def answered(before: dict[str, float], after: dict[str, float], ok: str, sent: int) -> dict[str, Any]:

@@ -97,3 +97,15 @@ def test_input_data_holds_the_prepared_tensors(tiny_model: Path, image_folder: P
     size = model.input_size
     assert entries[0]["image"]["shape"] == [size, size, 1]
     assert len(base64.b64decode(entries[0]["image"]["b64"])) == size * size * 4
+
+
+def test_triton_counters_are_read_per_model_from_its_exposition() -> None:
+    # Triton's counters carry no `_total` suffix; the Prometheus parser renames their samples to it.
+    text = (
+        "# TYPE nv_inference_request_success counter\n"
+        'nv_inference_request_success{model="cxr",version="1"} 1310\n'
+        "# TYPE nv_inference_request_failure counter\n"
+        'nv_inference_request_failure{model="cxr",version="1"} 2\n'
+        'nv_inference_request_failure{model="other",version="1"} 7\n'
+    )
+    assert perf.triton_counts(text, "cxr") == {"success": 1310.0, "failure": 2.0}
