@@ -111,6 +111,13 @@ COMMANDS = (
         ("matplotlib", "skimage"),
     ),
     Command(
+        "evaluate-shortcuts",
+        "counterfactual check: paint devices or burned-in text on held-out films and measure how the answer moves",
+        "export.shortcuts",
+        "train",
+        ("skimage",),
+    ),
+    Command(
         "bench",
         "benchmark the service against the in-process limit, a naive app and Ray Serve",
         "loadtest.benchmark",

@@ -161,6 +161,7 @@ def render_card(card: dict[str, Any]) -> str:
         ]
     lines += _calibration_lines(card)
     lines += _domain_lines(card)
+    lines += _shortcut_lines(card)
     lines += [
         "## Known shortcut risks and limits",
         "",
@@ -183,6 +184,56 @@ def render_card(card: dict[str, Any]) -> str:
         lines += [f"- {note}" for note in card["notes"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _value_ci(result: dict[str, Any], key: str, percent: bool) -> str:
+    value, ci = result[key]["value"], result[key]["ci"]
+    if value is None:
+        return "n/a"
+    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:+.3f}")
+    return show(value) + (f" [{show(ci[0])}, {show(ci[1])}]" if ci else "")
+
+
+def _shortcut_lines(card: dict[str, Any]) -> list[str]:
+    report = card.get("shortcuts")
+    if not report:
+        return []
+    lines = [
+        "## Shortcut check: devices and burned-in text (counterfactual)",
+        "",
+        f"Each of the {report['films']} {report['split']}-split films is classified as it is and again with,"
+        f" painted on it {report['copies']} times by the ICU renderer's `{report['style']}` style (export/icu.py:"
+        " other curves, widths, positions, shapes and fonts than training draws with), tubes, lines, ECG",
+        "leads, pacemaker, port, clips and sternal wires (`devices`), burned-in words and markers (`text`), or"
+        " both with tilt inside collimation borders and portable exposure (`ward film`, which changes the image"
+        " itself: not an acceptance figure). Every copy goes through the service's path, input check included."
+        " A flip is a copy whose label moved the wrong way, out of the copies whose clean film had the other"
+        " label; 95 % CIs resample patients.",
+        "",
+        f"Reproduce: `{report['command']}`",
+        "",
+        "| painted | label | copies | median change of p(covid) | flipped | refused |",
+        "|---|---|---:|---|---|---|",
+    ]
+    for variant, groups in report["variants"].items():
+        for group, r in groups.items():
+            if not r.get("copies"):
+                continue
+            lines.append(
+                f"| {variant} | {group} | {r['copies']} | {_value_ci(r, 'median_change', False)} | "
+                f"{_value_ci(r, 'flipped_of_eligible', True)} {r['direction']} (of {r['eligible']}) | "
+                f"{_value_ci(r, 'refused', True)} |"
+            )
+    failures = report.get("failures") or []
+    lines += [
+        "",
+        "Rule (at most 5 % flip, median change of p(covid) at most 0.02 on non-COVID films, devices and text): "
+        + ("holds." if not failures else "**fails**: " + "; ".join(failures) + "."),
+    ]
+    before = report.get("before")
+    if before:
+        lines += ["", f"Before ({before['model']}): " + "; ".join(before["summary"]) + "."]
+    return [*lines, ""]
 
 
 def _calibration_lines(card: dict[str, Any]) -> list[str]:
@@ -275,20 +326,25 @@ def _domain_lines(card: dict[str, Any]) -> list[str]:
         "",
         "Genuine frontal films (should be in):",
         "",
-        "| set | n | refused | corrected | in | warned: may be mirrored |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| set | n | refused | corrected | in | warned: may be mirrored | not in, by reason |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for name, t in evaluation["genuine"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted((t.get("caught_by") or {}).items())) or "-"
         lines.append(
             f"| {name} | {t['n']} | {t['out']} ({_pct(t['refused_rate'])}) | {t['corrected']} | {t['in']} | "
-            f"{t.get('warned_mirrored', 0)} |"
+            f"{t.get('warned_mirrored', 0)} | {reasons} |"
         )
     refused = evaluation.get("refused_genuine_files") or []
-    if refused:
+    shown = 10  # per set: the hard genuine set alone could list dozens
+    for name in dict.fromkeys(r["set"] for r in refused):
+        files = [r for r in refused if r["set"] == name]
+        more = f"; and {len(files) - shown} more (domain.json)" if len(files) > shown else ""
         lines += [
             "",
-            "Genuine films not passed as in: "
-            + "; ".join(f"`{r['file']}` {r['verdict']} ({r['reasons']})" for r in refused)
+            f"{name}, films not passed as in: "
+            + "; ".join(f"`{r['file']}` {r['verdict']} ({r['reasons']})" for r in files[:shown])
+            + more
             + ".",
         ]
     lines += [

@@ -4,7 +4,9 @@ Three sets, every image as encoded bytes through the service's own decode and `O
 
 1. genuine frontal films: the test and validation splits of `cxr/` (validation chose the thresholds, so
    its figure is optimistic), every `fullres/` original whose processed copy is not in the training split,
-   and every file in `dicom/`; the figure that matters is the share refused (verdict "out");
+   every file in `dicom/`, and the hard genuine set: validation films made into ward films by
+   export.icu's HELD_OUT style (devices, text, tilt, exposure), which nothing is fitted on; the figure
+   that matters is the share refused (verdict "out"), by reason;
 2. the test split's films turned 90/180/270 degrees, flipped left-right and upside-down, inverted, and
    inverted upside-down: the share refused, corrected, and passed unnoticed, whether a correction restored
    the film, and how far the corrected film's probability lies from the original's;
@@ -147,11 +149,37 @@ def genuine_sets(manifest: Path, data: Path, split: dict[str, str]) -> dict[str,
     return sets
 
 
+HARD_GENUINE = "hard genuine: val films as ward films"
+HARD_COPIES = 2
+
+
+def hard_genuine(
+    model: OnnxModel, manifest: Path, split: dict[str, str], which: str, seed: int
+) -> list[tuple[str, bytes]]:
+    """The `which` split's films made into ward films by export.icu's HELD_OUT style (devices, burned-in
+    text, tilt inside collimation borders, portable exposure; `HARD_COPIES` per film), as PNG bytes.
+    Nothing is fitted on these: training draws with the TRAIN style, and these copies exist only here."""
+    from export.icu import HELD_OUT, Recipe, icu_film
+    from service.imaging.preprocess import locate
+
+    rng = np.random.default_rng(seed)
+    recipe = Recipe(devices=1.0, text=0.7, geometry=0.7, exposure=0.5)
+    items = []
+    for row in (r for r in read_manifest(manifest) if split.get(r.file) == which):
+        pixels = decode_file(str(row.path)).pixels
+        box = locate(pixels, model.spec, model.segmenter).box
+        for copy in range(HARD_COPIES):
+            items.append((f"{row.file}#ward{copy}", _png(icu_film(pixels, box, rng, HELD_OUT, recipe)[0])))
+    return items
+
+
 def evaluate_domain(model: OnnxModel, manifest: Path, data: Path, per_kind: int, seed: int) -> dict[str, Any]:
     split = read_split(model.directory / "split.csv")
     report: dict[str, Any] = {"genuine": {}, "transformed": {}, "held_out": {}}
     refused_files: list[dict[str, str]] = []
-    for name, items in genuine_sets(manifest, data, split).items():
+    sets = genuine_sets(manifest, data, split)
+    sets[HARD_GENUINE] = hard_genuine(model, manifest, split, "val", seed)
+    for name, items in sets.items():
         verdicts = []
         for file, payload in items:
             verdict, _ = _verdict(model, payload)
@@ -165,7 +193,9 @@ def evaluate_domain(model: OnnxModel, manifest: Path, data: Path, per_kind: int,
                         "reasons": verdict.summary if verdict else "",
                     }
                 )
-        report["genuine"][name] = _tally(verdicts)
+        report["genuine"][name] = _tally(verdicts) | {
+            "caught_by": dict(Counter(_caught_by(v) for v in verdicts if v is None or v.verdict != "in"))
+        }
     test_rows = [r for r in read_manifest(manifest) if split.get(r.file) == "test"]
     films = [decode_file(str(r.path)).pixels for r in test_rows]
     originals = [_verdict(model, _png(f))[1] for f in films]

@@ -60,6 +60,8 @@ class TrainOptions:
     weight_average: float = 0.0
     adversary: float = 0.0
     annotations: float = 0.0
+    icu: float = 0.5
+    """Probability of rendering a training image as a ward film (export.icu), for every label alike."""
     folds: int = 0
     fold: int = 0
     val_fraction: float = 0.15
@@ -87,6 +89,7 @@ class TrainOptions:
         _check(0 <= self.weight_average < 1, "--weight-average must be in [0, 1)")
         _check(self.adversary >= 0, "--adversary must be non-negative")
         _check(0 <= self.annotations <= 1, "--annotations must be in [0, 1]")
+        _check(0 <= self.icu <= 1, "--icu must be in [0, 1]")
         _check(not self.fold or bool(self.folds), "--fold needs --folds")
         _check(self.folds == 0 or self.folds >= 2, "--folds must be 0 (off) or at least 2")
         _check(not self.folds or 0 <= self.fold < self.folds, "--fold must be in [0, --folds)")

@@ -42,6 +42,8 @@ from export.dataset import (
     target,
     write_split,
 )
+from export.icu import TRAIN as TRAIN_STYLE
+from export.icu import icu_film
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
 from export.options import TrainOptions, command_line
 from service.imaging.decode import decode_file
@@ -106,6 +108,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="probability of burning synthetic letters, digits, arrows and circles into a training image "
         "of any class (paper figures carry them, hospital films mostly do not)",
+    )
+    parser.add_argument(
+        "--icu",
+        type=float,
+        default=0.5,
+        help="probability of turning a training image of any class into a ward film (export.icu: tubes, "
+        "lines, ECG leads, pacemakers, burned-in text, tilt inside collimation borders, portable exposure), "
+        "so that devices stop being evidence of COVID (0 turns it off)",
     )
     parser.add_argument(
         "--folds",
@@ -176,13 +186,22 @@ def annotate(image: np.ndarray, box: tuple[int, int, int, int], rng: np.random.G
 
 
 def augment(
-    example: Example, spec: PreprocessSpec, rng: np.random.Generator, annotations: float = 0.0
+    example: Example,
+    spec: PreprocessSpec,
+    rng: np.random.Generator,
+    annotations: float = 0.0,
+    icu: float = 0.0,
 ) -> np.ndarray:
-    """A randomly perturbed training input: synthetic annotations (with probability `annotations`) and
+    """A randomly perturbed training input: synthetic annotations (with probability `annotations`), a
+    ward film's devices, text, tilt and exposure (with probability `icu`, export.icu's TRAIN style), and
     photometric changes on the whole image, then a jittered, slightly rotated crop around the lung box."""
     image = example.pixels
+    box = example.geometry.box
     if annotations > 0 and rng.random() < annotations:  # no draw when off: older runs' streams reproduce
-        image = annotate(image, example.geometry.box, rng)
+        image = annotate(image, box, rng)
+    if icu > 0 and rng.random() < icu:
+        # Drawn on films of every label with the same probability: a device must say nothing of the label.
+        image, box = icu_film(image, box, rng, TRAIN_STYLE)
     if rng.random() < 0.5:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 95))])
         reencoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else None
@@ -200,7 +219,7 @@ def augment(
         values = values + rng.normal(0, rng.uniform(0.005, 0.03), values.shape)
     image = np.clip(values * 255.0, 0, 255).astype(np.uint8)
 
-    x0, y0, x1, y1 = example.geometry.box
+    x0, y0, x1, y1 = box
     width, height = x1 - x0, y1 - y0
     scale_x, scale_y = rng.uniform(0.9, 1.18, size=2)
     center_x = (x0 + x1) / 2 + rng.uniform(-0.06, 0.06) * width
@@ -540,7 +559,9 @@ def _train_epoch(
 ) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
     """One pass over freshly augmented, shuffled training images: ({loss, origin_loss}, inputs, targets)."""
     order = rng.permutation(len(data.train))
-    train_x = np.stack([augment(data.train[i], data.spec, rng, options.annotations) for i in order])
+    train_x = np.stack(
+        [augment(data.train[i], data.spec, rng, options.annotations, options.icu) for i in order]
+    )
     train_t = np.array([data.train[i].target for i in order], dtype=np.float32)
     class_t = train_t if data.outputs > 1 else train_t[:, None]
     weights = data.sample_weights[order]

@@ -30,6 +30,8 @@ import cv2
 import numpy as np
 
 from export.dataset import read_manifest, read_split
+from export.icu import TRAIN as TRAIN_STYLE
+from export.icu import icu_film
 from export.negatives import FIT_KINDS, generate, shuffled_tiles
 from export.options import ViewOptions, command_line
 from service.imaging.decode import decode_file
@@ -41,7 +43,7 @@ from service.imaging.input_check import (
     lung_problem,
     make_view,
 )
-from service.imaging.preprocess import PreprocessSpec, finish, preprocess, trim_borders
+from service.imaging.preprocess import PreprocessSpec, finish, locate, preprocess, trim_borders
 from service.inference.model import OnnxModel
 from service.inference.view_model import ViewModel
 
@@ -86,6 +88,33 @@ def load_films(
     return films
 
 
+def load_ward_films(
+    manifest: Path,
+    split: dict[str, str],
+    which: str,
+    cache: Path,
+    model: OnnxModel,
+    copies: int,
+    seed: int,
+) -> np.ndarray:
+    """Canvases of `copies` ward versions of every film of one split (export.icu's TRAIN style: devices,
+    text, tilt inside collimation borders, portable exposure), drawn around the lungs the model's
+    segmenter finds; cached like `load_films`. These are radiographs: a sick patient's film stays one."""
+    path = cache / f"ward_{which}_{copies}_{seed}.npy"
+    if path.is_file():
+        return np.asarray(np.load(path), dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    rows = [r for r in read_manifest(manifest) if split.get(r.file) == which]
+    films = []
+    for row in rows:
+        pixels = decode_file(str(row.path)).pixels
+        box = locate(pixels, model.spec, model.segmenter).box
+        films += [canvas(icu_film(pixels, box, rng, TRAIN_STYLE)[0], model.spec) for _ in range(copies)]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.stack(films))
+    return np.stack(films)
+
+
 def _gray(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
 
@@ -122,8 +151,10 @@ def batch(
     size: int,
     spec: PreprocessSpec,
     count: int,
+    ward: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`count` examples: a quarter negatives, the rest films in a uniformly drawn view class."""
+    """`count` examples: a quarter negatives, the rest films in a uniformly drawn view class, half of
+    them ward films when `ward` is given."""
     x = np.empty((count, size, size, 1), np.float32)
     y = np.empty(count, np.int64)
     for index in range(count):
@@ -133,7 +164,8 @@ def batch(
             image = 255 - image if rng.random() < 0.5 else image
         else:
             label = int(rng.integers(0, FILM_CLASSES))
-            image = make_view(films[int(rng.integers(0, len(films)))], label)
+            source = ward if ward is not None and len(ward) and rng.random() < 0.5 else films
+            image = make_view(source[int(rng.integers(0, len(source)))], label)
         x[index, :, :, 0] = finish(augment(image, rng, size), spec)
         y[index] = label
     return x, y
@@ -201,6 +233,8 @@ class ViewData:
     val_films: np.ndarray
     negatives: np.ndarray
     val_negatives: np.ndarray
+    train_ward: np.ndarray
+    val_ward: np.ndarray
 
 
 def train(options: ViewOptions, *, command: str | None = None) -> dict[str, Any]:
@@ -233,21 +267,26 @@ def train(options: ViewOptions, *, command: str | None = None) -> dict[str, Any]
 def load(options: ViewOptions) -> ViewData:
     """The model version's split and preprocessing, the train and val films (cached under `out/cache`),
     and the negatives: `negatives` per fit kind for training, a fifth as many (at least 20) for validation."""
-    spec = OnnxModel(options.model).spec
+    model = OnnxModel(options.model)
+    spec = model.spec
     split = read_split(options.model / "split.csv")
     cache = options.out / "cache"
     train_films = load_films(options.manifest, split, "train", cache, spec)
     val_films = load_films(options.manifest, split, "val", cache, spec)
+    train_ward = load_ward_films(options.manifest, split, "train", cache, model, 2, options.seed)
+    val_ward = load_ward_films(options.manifest, split, "val", cache, model, 1, options.seed + 7)
     negatives = render_negatives(options.negatives, options.seed, spec, train_films)
     val_negatives = render_negatives(max(20, options.negatives // 5), options.seed + 100, spec, val_films)
     logger.info(
-        "films: %d train, %d val; negatives %d fit, %d val",
+        "films: %d train, %d val (ward copies %d, %d); negatives %d fit, %d val",
         len(train_films),
         len(val_films),
+        len(train_ward),
+        len(val_ward),
         len(negatives),
         len(val_negatives),
     )
-    return ViewData(spec, split, train_films, val_films, negatives, val_negatives)
+    return ViewData(spec, split, train_films, val_films, negatives, val_negatives, train_ward, val_ward)
 
 
 def fit(options: ViewOptions, data: ViewData) -> tuple[Any, list[dict[str, Any]], np.ndarray, np.ndarray]:
@@ -263,11 +302,14 @@ def fit(options: ViewOptions, data: ViewData) -> tuple[Any, list[dict[str, Any]]
         loss=[keras.losses.SparseCategoricalCrossentropy(), None],
         metrics=[["accuracy"], []],
     )
-    val_x, val_y = fixed_set(data.val_films, data.val_negatives, size, data.spec)
+    # Validation (selection, and the distance threshold) holds the val films and one ward copy of each.
+    val_x, val_y = fixed_set(
+        np.concatenate([data.val_films, data.val_ward]), data.val_negatives, size, data.spec
+    )
     history = []
     best_accuracy, best_weights = -1.0, model.get_weights()
     for epoch in range(options.epochs):
-        x, y = batch(data.train_films, data.negatives, rng, size, data.spec, 8000)
+        x, y = batch(data.train_films, data.negatives, rng, size, data.spec, 8000, data.train_ward)
         model.optimizer.learning_rate.assign(learning_rate(epoch, options.epochs))
         fitted = model.fit(x, y, batch_size=64, epochs=1, verbose=0)
         probabilities, _ = model.predict(val_x, verbose=0, batch_size=256)
@@ -301,7 +343,9 @@ def export(options: ViewOptions, data: ViewData, model: Any, val_x: np.ndarray) 
     from export.tf_onnx import export_function
 
     size = options.input_size
-    fit_x, fit_y = fixed_set(data.train_films, data.negatives[:0], size, data.spec)
+    fit_x, fit_y = fixed_set(
+        np.concatenate([data.train_films, data.train_ward]), data.negatives[:0], size, data.spec
+    )
     _, fit_features = model.predict(fit_x, verbose=0, batch_size=256)
     means, factor = fit_distance(fit_features, fit_y)
 
@@ -334,6 +378,7 @@ def _training_report(
         "classes": list(VIEW_CLASSES),
         "train_films": len(data.train_films),
         "val_films": len(data.val_films),
+        "ward_copies": {"train": len(data.train_ward), "val": len(data.val_ward), "style": TRAIN_STYLE.name},
         "fit_negatives": {
             "per_kind": options.negatives,
             "kinds": [*FIT_KINDS, "chest films in shuffled tiles"],
