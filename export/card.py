@@ -190,7 +190,9 @@ def _value_ci(result: dict[str, Any], key: str, percent: bool) -> str:
     value, ci = result[key]["value"], result[key]["ci"]
     if value is None:
         return "n/a"
-    show = (lambda v: f"{v:.1%}") if percent else (lambda v: f"{v:+.3f}")
+    def show(v: float) -> str:
+        return f"{v:.1%}" if percent else f"{v:+.3f}"
+
     return show(value) + (f" [{show(ci[0])}, {show(ci[1])}]" if ci else "")
 
 
