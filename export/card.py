@@ -169,9 +169,15 @@ def render_card(card: dict[str, Any]) -> str:
         "  negative from one hospital. High overall AUROC on this data does not show the model sees COVID. The",
         "  within-source AUROC (ieee8023 covid vs ieee8023 non-COVID pneumonia and normals) is the figure the",
         "  source shortcut cannot explain; its CI is wide because there are few ieee8023 negatives.",
+        "- **Ward films.** The COVID films are mostly of very ill patients (supine AP portable, tubes, lines, ECG",
+        "  leads, burned-in text), the negatives mostly outpatient films: a device is then evidence of COVID to a",
+        "  classifier. Training turns films of every label into ward films with the same probability (`--icu`,",
+        "  export/icu.py), and the shortcut check above measures, with drawings unlike the training ones, how",
+        "  far devices and text still move the answer. Painted devices are not real ones: the figure bounds",
+        "  what the renderer can imitate, not every device a ward film carries.",
         "- Mitigations used: lung crop, CLAHE, border trimming, augmentation of JPEG quality, blur, resolution,",
-        "  contrast and field of view, a fixed weight share for ieee8023 negatives, selection on within-source",
-        "  AUROC. The CAM grid shows where the model looks per source and class.",
+        "  contrast and field of view, ward-film rendering on every label, a fixed weight share for ieee8023",
+        "  negatives, selection on within-source AUROC. The CAM grid shows where the model looks per source and class.",
         "- **Not validated on:** other hospitals' films (an external test set is kept outside this project),",
         "  children, portable ICU films beyond those in ieee8023, DICOM from real PACS at scale, lateral views,",
         '  other diseases with similar patterns (the negatives include only NIH "pneumonia" labels mined by NLP',
@@ -190,6 +196,7 @@ def _value_ci(result: dict[str, Any], key: str, percent: bool) -> str:
     value, ci = result[key]["value"], result[key]["ci"]
     if value is None:
         return "n/a"
+
     def show(v: float) -> str:
         return f"{v:.1%}" if percent else f"{v:+.3f}"
 

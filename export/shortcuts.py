@@ -63,6 +63,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=4242)
     parser.add_argument("--out", required=True)
     parser.add_argument("--update-card", action="store_true", help="record the results in the model's card")
+    parser.add_argument(
+        "--before",
+        default=None,
+        help="shortcuts.json of an earlier model on the same films, summarised beside this one in the card",
+    )
 
 
 @dataclass(frozen=True)
@@ -193,6 +198,20 @@ def acceptance(report: dict[str, Any], max_flip: float = 0.05, max_median: float
     return failures
 
 
+def brief(report: dict[str, Any]) -> list[str]:
+    """One phrase per acceptance variant and label: median change, flips, refusals."""
+    phrases = []
+    for variant in ACCEPTANCE:
+        for group, r in report["variants"][variant].items():
+            if r.get("copies"):
+                phrases.append(
+                    f"{variant} on {group} films: median change {r['median_change']['value']:+.3f}, "
+                    f"{r['flipped_of_eligible']['value']:.1%} flipped {r['direction']}, "
+                    f"{r['refused']['value']:.1%} refused"
+                )
+    return phrases
+
+
 def rows_for(manifest: Path, model: OnnxModel, split: str) -> list[Row]:
     rows = read_manifest(manifest)
     if split == "all":
@@ -221,7 +240,11 @@ def main(args: argparse.Namespace) -> int:
     report = measure(model, rows, args.copies, args.seed)
     report["command"] = "cxr evaluate-shortcuts " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     report["split"] = args.split
+    report["model"] = f"{model.name} v{model.version}, model.onnx sha256 {model.sha256[:12]}"
     report["failures"] = acceptance(report)
+    if args.before:
+        earlier = json.loads(Path(args.before).read_text())
+        report["before"] = {"model": earlier.get("model", args.before), "summary": brief(earlier)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "shortcuts.json").write_text(json.dumps(report, indent=2) + "\n")
