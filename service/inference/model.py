@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.imaging.input_check import DomainCheck, DomainSpec, DomainVerdict
+from service.imaging.domain_verdict import DomainSpec, DomainVerdict
+from service.imaging.input_check import DomainCheck
 from service.imaging.pixels import DecodedImage
 from service.imaging.preprocess import Geometry, PreprocessSpec, preprocess, segmenter_input
 from service.inference.view_model import ViewModel
