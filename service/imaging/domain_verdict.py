@@ -71,6 +71,28 @@ class FailedCheck:
             "rule": self.rule,
         }
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FailedCheck:
+        """An entry of a `domain.failed` list as the service sends it (a client's side: pacs.client).
+        Raises ValueError when a field is missing or of the wrong kind."""
+        try:
+            rule = str(raw["rule"])
+            return cls(
+                str(raw["check"]),
+                float(raw["score"]),
+                float(raw["threshold"]),
+                str(raw["threshold_name"]),
+                "above" if rule.startswith("score >") else "below",
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a failed-check entry: {error!r}") from None
+
+    def describe(self) -> str:
+        """One line for a person: `not_radiograph 0.9999 > 0.5 (the card's max_not_radiograph)`."""
+        score, threshold = _apart(self.score, self.threshold, 4, "g")
+        sign = ">" if self.refuses == "above" else "<"
+        return f"{self.check} {score} {sign} {threshold} (the card's {self.threshold_name})"
+
 
 @dataclass(frozen=True)
 class DomainVerdict:
@@ -106,11 +128,10 @@ class DomainVerdict:
         return "; ".join(self.reasons) or "looks like a frontal chest radiograph"
 
 
-def _apart(score: float, threshold: float, places: int, percent: bool) -> tuple[str, str]:
-    """Score and threshold as text with `places` decimals, or more where fewer would print a refused
-    score equal to its threshold (0.5004 against 0.5 reads "0.5004, refused above 0.5000", not "0.50,
-    refused above 0.50")."""
-    kind = "%" if percent else "f"
+def _apart(score: float, threshold: float, places: int, kind: str) -> tuple[str, str]:
+    """Score and threshold as text in format `kind` ("f", "%" or "g") with `places` decimals (significant
+    digits for "g"), or more where fewer would print a refused score equal to its threshold (0.5004
+    against 0.5 reads "0.5004, refused above 0.5000", not "0.50, refused above 0.50")."""
     for extra in range(4):
         shown = f"{score:.{places + extra}{kind}}", f"{threshold:.{places + extra}{kind}}"
         if shown[0] != shown[1]:
@@ -142,7 +163,7 @@ class Refusals:
         """Add a refusal: `sentence` with `{score}` and `{threshold}` filled in (`places` decimals, as
         percentages with `percent`), and any other `words`."""
         threshold = float(getattr(self.spec, threshold_name))
-        shown, limit = _apart(score, threshold, places, percent)
+        shown, limit = _apart(score, threshold, places, "%" if percent else "f")
         self.reasons.append(sentence.format(score=shown, threshold=limit, **words))
         refuses: Literal["above", "below"] = "above" if threshold_name.startswith("max_") else "below"
         self.failed.append(FailedCheck(check, round(float(score), 6), threshold, threshold_name, refuses))
