@@ -306,7 +306,7 @@ def default_repository() -> Path:
     """The bundled model repository: `models/` beside the packages in a source checkout, else the copy an
     installed wheel carries as the data package `cxr_models`. (`--model-dir` / `CXR_MODEL_DIR` choose
     another; a folder that holds no model is refused at start-up with its path.)"""
-    checkout = Path(__file__).resolve().parent.parent / "models"
+    checkout = Path(__file__).resolve().parents[2] / "models"  # service/inference/model.py -> the root
     if checkout.is_dir():
         return checkout
     spec = importlib.util.find_spec("cxr_models")
