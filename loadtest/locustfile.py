@@ -99,6 +99,7 @@ def _check_samples(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, MasterRunner) or not host or host in _SENT:
         return
     samples = _loaded()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per probe would bury the refusals
     try:
         refused = refused_by_service(samples, host.rstrip("/") + _path(), headers=_headers())
     except httpx.TransportError as error:

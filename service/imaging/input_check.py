@@ -203,8 +203,8 @@ class DomainCheck:
                 "upright_after_correction",
                 upright_after,
                 "correct_min",
-                "the film may be {found} ({confidence:.2f}), but turned back it does not look upright "
-                "(p(upright) {score}, needs {threshold} or more): not corrected",
+                "the film may be {found} (view model {confidence:.2f}), but turned back it does not look "
+                "upright (p(upright) {score}, needs {threshold} or more): not corrected",
                 found=found,
                 confidence=confidence,
             )
@@ -246,7 +246,8 @@ def lung_failure(fields: LungFields, spec: DomainSpec) -> tuple[str, FailedCheck
             "lung_largest_area",
             fields.areas[0],
             "min_lung_area",
-            "the lung segmenter found no lung field (largest {score} of the image, refused below {threshold})",
+            "the lung segmenter found no lung field (largest {score} of the image, refused below "
+            "{threshold})",
             places=1,
             percent=True,
         )
