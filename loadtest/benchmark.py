@@ -42,7 +42,8 @@ import onnxruntime as ort
 
 from loadtest import bench_report, limit
 from loadtest.images import Sample, load_samples
-from loadtest.plan import DEFAULT_TARGETS, TARGETS, Plan
+from loadtest.plan import DEFAULT_TARGETS, TARGETS, BenchError, Plan
+from loadtest.refusals import leave_out, refused_by_model
 from service.imaging.pixels import ImageFormat
 from service.inference.allocator import retain_freed_memory
 from service.inference.batcher import batch_sizes
@@ -351,13 +352,35 @@ def bench_samples(folders: list[Path] | None, formats: set[ImageFormat]) -> list
     return load_samples([folder for folder in chosen if folder.is_dir()], formats=formats)
 
 
+def classifiable(samples: list[Sample], model: OnnxModel) -> list[Sample]:
+    """The samples `model`'s input-domain check accepts (each refused one named in a warning line): the
+    service refuses the others with 422, and a benchmark of refusals measures nothing it is for. Raises
+    BenchError when none is left (the synthetic images are drawn, not radiographs: a model with the check
+    refuses them all)."""
+    kept = leave_out(samples, refused_by_model(samples, model))
+    if not kept:
+        where = "synthetic images" if all(s.name.startswith("synthetic-") for s in samples) else "images"
+        raise BenchError(
+            f"the input-domain check of {model.name} v{model.version} refuses all {len(samples)} {where} "
+            "as not chest radiographs; give --images a folder of chest radiographs it classifies "
+            "(default: ../shared/data/fullres)"
+        )
+    return kept
+
+
 def main(args: argparse.Namespace) -> int:
     """Entry point of `cxr bench`."""
     logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls, one line each
     wanted = {part.strip() for part in args.formats.split(",")}
     formats: set[ImageFormat] = {fmt for fmt in get_args(ImageFormat) if fmt in wanted}
-    samples = bench_samples(args.images, formats)
-    model_dir = load_default(args.model).directory
+    model = load_default(args.model)
+    model_dir = model.directory
+    try:
+        samples = classifiable(bench_samples(args.images, formats), model)
+    except BenchError as error:
+        print(f"cxr bench: {error}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    del model  # each part of the run loads its own sessions
     if args.docs:
         out = ROOT / "docs"
         if not (out / "benchmarks.md").is_file():
@@ -378,7 +401,11 @@ def main(args: argparse.Namespace) -> int:
         plan.concurrency = [int(c) for c in args.concurrency.split(",")]
     if args.duration_s:
         plan.duration_s = args.duration_s
-    results = run(plan)
+    try:
+        results = run(plan)
+    except BenchError as error:
+        print(f"cxr bench: {error}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 1
     failed = [check["check"] for check in results["acceptance"] if check["pass"] is False]
     logger.info("targets' logs: %s", plan.log_dir)
     logger.info(

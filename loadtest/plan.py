@@ -21,6 +21,10 @@ next to the defaults, which is the comparison that matters. The peers with Pillo
 (loadtest/peers.py) too: the naive pair already tells the decoder's share."""
 
 
+class BenchError(RuntimeError):
+    """The bench cannot measure what it was asked to (said in one line by `cxr bench`)."""
+
+
 @dataclass
 class Plan:
     """What one run measures; `shrink()` makes it a smoke test of the harness."""

@@ -26,7 +26,7 @@ import psutil
 
 from loadtest import limit, peers, targets
 from loadtest.loadgen import LoadGenerator, Outcome, Request, Summary, summarise
-from loadtest.plan import Plan
+from loadtest.plan import BenchError, Plan
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -317,6 +317,12 @@ def measure_targets(
                 closed += again
             if name == "service":
                 peak = max(closed, key=lambda s: s.images_per_s)
+                if peak.images_per_s <= 0:
+                    # Nothing to set the open-loop rates (fractions of this peak) from.
+                    raise BenchError(
+                        f"the service classified no image at any load level (answers {peak.statuses}, "
+                        f"errors {peak.errors}; its log: {log})"
+                    )
                 rates = [fraction * peak.images_per_s for fraction in plan.open_fractions]
             runs += closed + sweep(plan, name, generator, clients=[], rates=rates)
             if name == "service":

@@ -8,12 +8,14 @@ stops and exits 2 without marking any image failed.
 
 Out-of-domain images (the service's input-domain check): a 422 whose problem `type` ends with
 `/not-a-chest-radiograph`, or a 200 result whose `domain.verdict` is "out", raise `OutOfDomain` with the
-service's reason: the image was not analysed, so there is no score and no heatmap to write.
+service's reason and the checks that failed (`domain.failed`: score and the card's threshold): the image
+was not analysed, so there is no score and no heatmap to write.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from typing import Any
 import httpx
 
 from pacs.retry import Backoff, Permanent, Transient, retry
+from service.imaging.domain_verdict import FailedCheck
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +85,25 @@ class Classification:
 
 class OutOfDomain(Permanent):
     """The service refused to analyse the image (not a chest radiograph, per its input-domain check);
-    `reason` is the service's own explanation."""
+    `reason` is the service's own explanation, `failed` the checks that refused it, each with its score
+    and the model card's threshold (empty from a service that does not send them)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, failed: list[FailedCheck] | None = None) -> None:
         super().__init__(f"not analysed: {reason}", kind="out-of-domain")
         self.reason = reason
+        self.failed = failed or []
+
+
+def failed_checks(domain: object) -> list[FailedCheck]:
+    """The `failed` list of a `domain` verdict from the service; entries that do not parse are left out
+    (the reason still says what failed), as is the whole list from a service too old to send it."""
+    entries = domain.get("failed") if isinstance(domain, dict) else None
+    parsed: list[FailedCheck] = []
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict):
+            with contextlib.suppress(ValueError):
+                parsed.append(FailedCheck.from_dict(entry))
+    return parsed
 
 
 NOT_A_CHEST_RADIOGRAPH = "/not-a-chest-radiograph"
@@ -119,18 +136,22 @@ def raise_for_status(response: httpx.Response, what: str, *, not_found: str = "i
         return
     detail = ""
     problem_type = ""
+    domain = None
     if "json" in response.headers.get("Content-Type", ""):
         try:
             body = response.json()
             detail = str(body.get("detail", ""))[:300]
             problem_type = str(body.get("type", ""))
+            domain = body.get("domain")
         except ValueError:
             pass
     message = f"{what}: HTTP {response.status_code}" + (f" ({detail})" if detail else "")
     if response.status_code in _TRANSIENT_STATUS:
         raise Transient(message, retry_after_s=_retry_after(response))
     if response.status_code == 422 and problem_type.endswith(NOT_A_CHEST_RADIOGRAPH):
-        raise OutOfDomain(detail or "the service's input-domain check refused the image")
+        raise OutOfDomain(
+            detail or "the service's input-domain check refused the image", failed_checks(domain)
+        )
     if response.status_code in (401, 403, 404, 407):
         raise Permanent(message, kind="config" if response.status_code != 404 else not_found)
     kind = "unsupported" if problem_type.endswith("#unsupported-dicom") else "invalid"
@@ -214,7 +235,7 @@ class ServiceClient:
         domain = result.get("domain")
         if isinstance(domain, dict) and domain.get("verdict") == "out":
             reasons = "; ".join(str(reason) for reason in domain.get("reasons", [])) or "no reason given"
-            raise OutOfDomain(reasons)
+            raise OutOfDomain(reasons, failed_checks(domain))
         model = result["model"]
         positive = self._model_info(str(model["name"]))[1]
         probabilities = {str(k): float(v) for k, v in result["probabilities"].items()}

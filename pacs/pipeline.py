@@ -209,7 +209,7 @@ class Processor:
         except OutOfDomain as refusal:
             if not outputs.sc:
                 return _Work(None, refusal.reason)
-            sc, _ = build_not_analysed_sc(source, self._radiograph(data), refusal.reason)
+            sc, _ = build_not_analysed_sc(source, self._radiograph(data), refusal.reason, refusal.failed)
             return _Work(None, refusal.reason, sc_uid=str(sc.SOPInstanceUID), sc=encode(sc))
         sc_dataset = None
         if outputs.sc:

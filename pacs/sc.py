@@ -13,7 +13,8 @@ already looks. One SC per classified radiograph:
   (DCM 121322, C.7.6.1.1.4), the text also in Image Comments and Derivation Description;
 - Conversion Type WSD (workstation, C.8.6.1), Contributing Equipment naming the algorithm (IHE AIR).
 An image the service refused as out of domain gets a "not analysed" SC instead: the radiograph, the
-reason, the caution; no heatmap, no score, nothing about COVID-19, in a series of its own (7703).
+reason, each check that refused it with its score and the model card's threshold, the caution; no
+heatmap, no COVID-19 score, nothing about COVID-19, in a series of its own (7703).
 
 UIDs are derived like the SR's (pydicom `generate_uid(entropy_srcs=...)`): the same image and model file
 always give the same SC SOP Instance UID, so a re-sent SC is a duplicate the PACS keeps once.
@@ -33,6 +34,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from pacs.canvas import CAUTION, Heat, Layout, compose
 from pacs.client import Classification
 from pacs.sr import MANUFACTURER, evidence_header
+from service.imaging.domain_verdict import FailedCheck
 
 SERIES_NUMBER = 7702
 SERIES_DESCRIPTION = "AI COVID-19 heatmap - CAUTION: research use only"
@@ -127,11 +129,23 @@ def build_sc(source: Dataset, gray: np.ndarray, result: Classification, look: Lo
     return sc, layout
 
 
-def build_not_analysed_sc(source: Dataset, gray: np.ndarray, reason: str) -> tuple[Dataset, Layout]:
-    """The SC of an image the service did not analyse (out of its input domain): the reason only."""
-    lines = [f"NOT ANALYSED: {reason}"]
+def not_analysed_lines(reason: str, failed: list[FailedCheck]) -> list[str]:
+    """What the "not analysed" SC says: the service's reason, then one line per check that refused the
+    image with its score and the model card's threshold (also its Image Comments)."""
+    return [f"NOT ANALYSED: {reason}", *(f"failed check: {check.describe()}" for check in failed)]
+
+
+def build_not_analysed_sc(
+    source: Dataset, gray: np.ndarray, reason: str, failed: list[FailedCheck] | None = None
+) -> tuple[Dataset, Layout]:
+    """The SC of an image the service did not analyse (out of its input domain): why, and nothing about
+    COVID-19 (`failed`: the service's failed checks, pacs.client.OutOfDomain)."""
+    lines = not_analysed_lines(reason, failed or [])
     picture, layout = compose(
-        gray, None, result_lines=lines, model_lines=["cxr-covid: no model was run on this image"]
+        gray,
+        None,
+        result_lines=lines,
+        model_lines=["cxr-covid: only its input-domain check ran on this image; the classifier did not"],
     )
     series_uid, instance_uid = not_analysed_uids(str(source.SOPInstanceUID), str(source.StudyInstanceUID))
     sc = _sc(
@@ -142,7 +156,8 @@ def build_not_analysed_sc(source: Dataset, gray: np.ndarray, reason: str) -> tup
         series_number=NOT_ANALYSED_SERIES_NUMBER,
         series_description=NOT_ANALYSED_SERIES_DESCRIPTION,
         comments=[CAUTION, *lines],
-        derivation=f"The radiograph, not analysed: {reason}",
+        derivation="The radiograph, not analysed: "
+        + "; ".join([reason, *(c.describe() for c in failed or [])]),
         equipment=None,
     )
     return sc, layout

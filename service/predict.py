@@ -2,7 +2,9 @@
 
 Uses the service's decoder, input-domain check and preprocessing, so a file gets the same answer here as
 from `/v1/classify`. An image the check finds is not a frontal chest radiograph is reported as refused
-(with the reasons) and not classified, unless `--domain-policy flag`; a refusal is an answer, not an error.
+and not classified, unless `--domain-policy flag`; a refusal is an answer, not an error. The table gives
+the reasons, each naming the score that failed and the card's threshold; `--format jsonl` has the same
+as `domain.failed` (check, score, threshold, threshold_name, rule), as the service's 422 does.
 
 Exit status: 0 every file was read (classified or refused); 1 at least one file could not be read or
 decoded (a one-line error on stderr; the other files are still processed); 2 the model could not be loaded.

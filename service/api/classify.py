@@ -39,7 +39,7 @@ from service.api.schemas import (
 from service.api.uploads import Upload, read_uploads
 from service.errors import CxrError, InvalidParameter, NotAChestRadiograph, request_deadline
 from service.imaging.decode import decode
-from service.imaging.input_check import DomainVerdict
+from service.imaging.domain_verdict import DomainVerdict
 from service.imaging.pixels import DecodedImage
 from service.imaging.preprocess import Geometry, cam_levels
 from service.inference.batcher import BatchResult

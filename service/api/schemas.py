@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from service.inference.decision import NOTICE
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details (media type application/problem+json)."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str
-    request_id: str | None = None
 
 
 class ModelRef(BaseModel):
@@ -47,6 +36,19 @@ class Heatmap(BaseModel):
     cam_max: float = Field(description="largest CAM value (positive-class logit units) in the map")
 
 
+class FailedCheck(BaseModel):
+    """One input-domain check that refused the image (service.imaging.domain_verdict.FailedCheck)."""
+
+    check: str = Field(
+        description="what was measured: shorter_side, colour_fraction, not_radiograph, distance, "
+        "orientation_confidence, upright_after_correction, lung_largest_area, lung_centre_dx or lung_centre_dy"
+    )
+    score: float = Field(description="the image's score on that check")
+    threshold: float = Field(description="the model card's threshold it missed")
+    threshold_name: str = Field(description="the threshold's key under the card's `domain.thresholds`")
+    rule: str = Field(description='"score > threshold refuses" or "score < threshold refuses"')
+
+
 class Domain(BaseModel):
     """The input-domain check's verdict (service.imaging.input_check)."""
 
@@ -57,6 +59,28 @@ class Domain(BaseModel):
     )
     reasons: list[str] = Field(description="why, in words; empty for in")
     scores: dict[str, float] = Field(description="the measurements the verdict rests on")
+    failed: list[FailedCheck] = Field(
+        default_factory=list, description="each check that refused the image, with its score and threshold"
+    )
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (media type application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    request_id: str | None = None
+    domain: Annotated[
+        Domain | None,
+        Field(
+            description="extension member of a `.../not-a-chest-radiograph` problem: the input-domain "
+            "verdict, whose `failed` names each check that refused the image with its score and the card's "
+            "threshold"
+        ),
+    ] = None
 
 
 class Classification(BaseModel):

@@ -23,19 +23,26 @@ checked the way a turn can (the view model sees a mirrored image as the mirror o
 validation films its calls were not sure enough to change pixels on (about 1 % of films the usual way
 round called mirrored at 0.9). Anything else that fails a check is "out". Thresholds live in the model card (`domain`), chosen on the training
 and validation splits by `cxr train-view`, never on the test split or the held-out kinds.
+
+Every check that refuses names itself twice: in its reason (a sentence with the score and the card's
+threshold) and as a `FailedCheck` in `DomainVerdict.failed` (the score, the threshold, the card key it
+comes from and the rule), so a client, a PACS or a person can see which threshold the image missed and by
+how much without parsing the sentence.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol
+from dataclasses import replace
+from typing import Protocol
 
 import cv2
 import numpy as np
 
+# DomainSpec and DomainVerdict lived here before domain_verdict.py; export/ still imports them from here.
+from service.imaging.domain_verdict import UNCHECKED, FailedCheck, Refusals, Verdict
+from service.imaging.domain_verdict import DomainSpec as DomainSpec
+from service.imaging.domain_verdict import DomainVerdict as DomainVerdict
 from service.imaging.preprocess import Geometry, LungFields, PreprocessSpec, finish, trim_borders
-
-Verdict = Literal["in", "out", "corrected"]
 
 _TURNS = ("upright", "turned 90 clockwise", "upside down", "turned 90 counter-clockwise")
 
@@ -74,62 +81,6 @@ MIRROR_PERMUTATION = np.array(
 turned -t times (np.fliplr(np.rot90(x, -t)) == np.rot90(np.fliplr(x), t)), polarity unchanged."""
 
 
-@dataclass(frozen=True)
-class DomainSpec:
-    """The card's `domain` section: the view model file and every threshold the verdict uses. A card
-    without the section (`enabled` False: models made before the check, the tests' tiny model) gets no
-    check: every image is "in", with a reason saying it was not checked."""
-
-    enabled: bool = False
-    view_model: str | None = None
-    input_size: int = 64
-    min_side: int = 128
-    max_colour_fraction: float = 0.10
-    max_not_radiograph: float = 0.5
-    max_distance: float = float("inf")
-    correct_min: float = 0.9
-    min_lung_area: float = 0.02  # each of the two largest components, as a fraction of the trimmed image
-    max_lung_centre_dy: float = 0.35  # vertical offset of the two fields' centres, fraction of height
-    min_lung_centre_dx: float = 0.15  # horizontal distance between the two fields' centres, fraction of width
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> DomainSpec:
-        if values is None:
-            return cls()
-        thresholds = dict(values.get("thresholds", {}))
-        known = {k: v for k, v in thresholds.items() if k in cls.__dataclass_fields__ and k != "enabled"}
-        return cls(True, values.get("file"), int(values.get("input_size", 64)), **known)
-
-
-UNCHECKED = "not checked: this model version's card has no input-domain check"
-
-
-@dataclass(frozen=True)
-class DomainVerdict:
-    """What the check found; `to_dict()` is the `domain` field of every result."""
-
-    verdict: Verdict
-    reasons: list[str] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)
-    turns: int = 0  # quarter turns counter-clockwise applied to the pixels
-    inverted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict, "reasons": list(self.reasons), "scores": dict(self.scores)}
-
-    @property
-    def flag(self) -> str | None:
-        """The `domain` flag of a classified result: what was corrected or found, None for a plain "in"."""
-        if self.verdict == "in" and (not self.reasons or self.reasons == [UNCHECKED]):
-            return None
-        return f"{self.verdict}: {self.summary}"
-
-    @property
-    def summary(self) -> str:
-        """One line for a flag, a CLI or a problem detail."""
-        return "; ".join(self.reasons) or "looks like a frontal chest radiograph"
-
-
 def view_input(image: np.ndarray, spec: PreprocessSpec, size: int) -> np.ndarray:
     """The view model's input: the border-trimmed image squashed to size x size, CLAHE, [0, 1] (H, W)."""
     x0, y0, x1, y1 = trim_borders(image, spec)
@@ -161,55 +112,85 @@ class DomainCheck:
         spec = self.spec
         if not spec.enabled:
             return DomainVerdict("in", [UNCHECKED]), pixels
-        reasons: list[str] = []
-        scores: dict[str, float] = {"colour_fraction": round(colour_fraction, 4)}
+        out = Refusals(spec)
         height, width = pixels.shape
-        if min(height, width) < spec.min_side:
-            reasons.append(
-                f"the image is {width}x{height} px; a chest radiograph needs at least {spec.min_side} px "
-                "on its shorter side"
+        shorter = min(height, width)
+        scores: dict[str, float] = {"colour_fraction": round(colour_fraction, 4), "shorter_side": shorter}
+        if shorter < spec.min_side:
+            out.refuse(
+                "shorter_side",
+                shorter,
+                "min_side",
+                "the image is {width}x{height} px; a chest radiograph needs at least {threshold} px on its "
+                "shorter side (this one has {score})",
+                places=0,
+                width=width,
+                height=height,
             )
         if colour_fraction > spec.max_colour_fraction:
-            reasons.append(
-                f"a colour image ({colour_fraction:.0%} of its pixels are coloured); radiographs are grayscale"
+            out.refuse(
+                "colour_fraction",
+                colour_fraction,
+                "max_colour_fraction",
+                "a colour image ({score} of its pixels are coloured, refused above {threshold}); "
+                "radiographs are grayscale",
+                places=0,
+                percent=True,
             )
-        if self.view is None or reasons:
-            return DomainVerdict("out" if reasons else "in", reasons, scores), pixels
+        if self.view is None or out.failed:
+            verdict: Verdict = "out" if out.failed else "in"
+            return DomainVerdict(verdict, out.reasons, scores, failed=out.failed), pixels
         probabilities, distance = self.view(view_input(pixels, self.preprocess, self.view.input_size))
         # Way up and polarity, whichever way round; and way round, whichever way up.
         films = probabilities[:FILM_CLASSES]
         orientation = films[:8] + films[8:]
         mirrored_p = float(films[8:].sum())
+        not_radiograph = float(probabilities[NOT_RADIOGRAPH])
         best = int(np.argmax(orientation))
         scores |= {
-            "not_radiograph": round(float(probabilities[NOT_RADIOGRAPH]), 4),
+            "not_radiograph": round(not_radiograph, 4),
             "upright": round(float(orientation[0]), 4),
             "mirrored": round(mirrored_p, 4),
             "distance": round(distance, 2),
         }
-        if probabilities[NOT_RADIOGRAPH] > spec.max_not_radiograph:
-            reasons.append(
-                f"it does not look like a chest radiograph (view model: {probabilities[NOT_RADIOGRAPH]:.2f})"
+        if not_radiograph > spec.max_not_radiograph:
+            out.refuse(
+                "not_radiograph",
+                not_radiograph,
+                "max_not_radiograph",
+                "it does not look like a chest radiograph (view model p(not a radiograph) {score}, "
+                "refused above {threshold})",
             )
         elif distance > spec.max_distance:
-            reasons.append(
-                f"it is unlike every training film (feature distance {distance:.0f}, limit {spec.max_distance:.0f})"
+            out.refuse(
+                "distance",
+                distance,
+                "max_distance",
+                "it is unlike every training film (feature distance {score}, refused above {threshold})",
             )
-        if reasons:
-            return DomainVerdict("out", reasons, scores), pixels
+        if out.failed:
+            return DomainVerdict("out", out.reasons, scores, failed=out.failed), pixels
+        warnings: list[str] = []
         if mirrored_p >= spec.correct_min:
-            reasons.append(
+            warnings.append(
                 f"the film may be mirrored left-right ({mirrored_p:.2f}; or a dextrocardia): classified as it is, "
                 "and the score may be off"
             )
         if best == 0:
-            return DomainVerdict("in", reasons, scores), pixels
+            return DomainVerdict("in", warnings, scores), pixels
         confidence = float(orientation[best])
         found = view_class_name(best)
         scores["orientation_confidence"] = round(confidence, 4)
         if confidence < spec.correct_min:
-            reasons.append(f"the film may be {found} ({confidence:.2f}), too uncertain to correct")
-            return DomainVerdict("out", reasons, scores), pixels
+            out.refuse(
+                "orientation_confidence",
+                confidence,
+                "correct_min",
+                "the film may be {found} (view model {score}), too uncertain to correct (correcting needs "
+                "{threshold} or more)",
+                found=found,
+            )
+            return DomainVerdict("out", [*warnings, *out.reasons], scores, failed=out.failed), pixels
         turns, inverted = best % 4, best >= 4
         corrected = undo(pixels, turns, inverted)
         # A wrong correction would classify a film the wrong way up: the corrected film must itself look
@@ -218,12 +199,17 @@ class DomainCheck:
         upright_after = float(after[0] + after[8])
         scores["upright_after_correction"] = round(upright_after, 4)
         if upright_after < spec.correct_min:
-            reasons.append(
-                f"the film may be {found} ({confidence:.2f}), but turned back it does not look upright "
-                f"({upright_after:.2f}): not corrected"
+            out.refuse(
+                "upright_after_correction",
+                upright_after,
+                "correct_min",
+                "the film may be {found} (view model {confidence:.2f}), but turned back it does not look "
+                "upright (p(upright) {score}, needs {threshold} or more): not corrected",
+                found=found,
+                confidence=confidence,
             )
-            return DomainVerdict("out", reasons, scores), pixels
-        reasons.insert(0, f"the film was {found} ({confidence:.2f}); corrected before classifying")
+            return DomainVerdict("out", [*warnings, *out.reasons], scores, failed=out.failed), pixels
+        reasons = [f"the film was {found} ({confidence:.2f}); corrected before classifying", *warnings]
         return DomainVerdict("corrected", reasons, scores, turns, inverted), corrected
 
     def lungs(self, verdict: DomainVerdict, geometry: Geometry) -> DomainVerdict:
@@ -231,27 +217,66 @@ class DomainCheck:
         fields = geometry.lungs
         if fields is None or verdict.verdict == "out":
             return verdict
-        problem = lung_problem(fields, self.spec)
         scores = verdict.scores | {
             "lung_areas": round(fields.areas[0] + fields.areas[1], 4),
             "lung_smaller_area": round(fields.areas[1], 4),
         }
-        if problem is None:
+        failure = lung_failure(fields, self.spec)
+        if failure is None:
             return replace(verdict, scores=scores)
-        return replace(verdict, verdict="out", reasons=[*verdict.reasons, problem], scores=scores)
+        problem, check = failure
+        return replace(
+            verdict,
+            verdict="out",
+            reasons=[*verdict.reasons, problem],
+            scores=scores | {check.check: round(check.score, 4)},
+            failed=[*verdict.failed, check],
+        )
+
+
+def lung_failure(fields: LungFields, spec: DomainSpec) -> tuple[str, FailedCheck] | None:
+    """Why the segmenter's components are not lungs (the reason and the check that failed), or None if
+    they may be. A single lung field is allowed: a whited-out hemithorax (effusion, collapse,
+    pneumonectomy) is a real frontal film; two fields must lie side by side."""
+    (left_x, left_y), (right_x, right_y) = fields.centres
+    out = Refusals(spec)
+    side_by_side = "the two lung fields the segmenter found are not side by side"
+    if fields.areas[0] < spec.min_lung_area:
+        out.refuse(
+            "lung_largest_area",
+            fields.areas[0],
+            "min_lung_area",
+            "the lung segmenter found no lung field (largest {score} of the image, refused below "
+            "{threshold})",
+            places=1,
+            percent=True,
+        )
+    elif fields.areas[1] < spec.min_lung_area:
+        return None
+    elif abs(left_x - right_x) < spec.min_lung_centre_dx:
+        out.refuse(
+            "lung_centre_dx",
+            abs(left_x - right_x),
+            "min_lung_centre_dx",
+            side_by_side + " (one above the other: their centres are {score} of the width apart, refused "
+            "below {threshold})",
+            places=0,
+            percent=True,
+        )
+    elif abs(left_y - right_y) > spec.max_lung_centre_dy:
+        out.refuse(
+            "lung_centre_dy",
+            abs(left_y - right_y),
+            "max_lung_centre_dy",
+            side_by_side + " (their centres are {score} of the height apart vertically, refused above "
+            "{threshold})",
+            places=0,
+            percent=True,
+        )
+    return (out.reasons[0], out.failed[0]) if out.failed else None
 
 
 def lung_problem(fields: LungFields, spec: DomainSpec) -> str | None:
-    """Why the segmenter's components are not lungs, or None if they may be. A single lung field is
-    allowed: a whited-out hemithorax (effusion, collapse, pneumonectomy) is a real frontal film; two fields
-    must lie side by side."""
-    (left_x, left_y), (right_x, right_y) = fields.centres
-    if fields.areas[0] < spec.min_lung_area:
-        return f"the lung segmenter found no lung field (largest {fields.areas[0]:.1%} of the image)"
-    if fields.areas[1] < spec.min_lung_area:
-        return None
-    if abs(left_x - right_x) < spec.min_lung_centre_dx:
-        return "the two lung fields the segmenter found are not side by side (one above the other)"
-    if abs(left_y - right_y) > spec.max_lung_centre_dy:
-        return "the two lung fields the segmenter found are not side by side"
-    return None
+    """The reason `lung_failure` gives, or None (for counting refusals, as `cxr train-view` does)."""
+    failure = lung_failure(fields, spec)
+    return None if failure is None else failure[0]

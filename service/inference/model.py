@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from service.imaging.input_check import DomainCheck, DomainSpec, DomainVerdict
+from service.imaging.domain_verdict import DomainSpec, DomainVerdict
+from service.imaging.input_check import DomainCheck
 from service.imaging.pixels import DecodedImage
 from service.imaging.preprocess import Geometry, PreprocessSpec, preprocess, segmenter_input
 from service.inference.view_model import ViewModel
@@ -305,7 +306,7 @@ def default_repository() -> Path:
     """The bundled model repository: `models/` beside the packages in a source checkout, else the copy an
     installed wheel carries as the data package `cxr_models`. (`--model-dir` / `CXR_MODEL_DIR` choose
     another; a folder that holds no model is refused at start-up with its path.)"""
-    checkout = Path(__file__).resolve().parent.parent / "models"
+    checkout = Path(__file__).resolve().parents[2] / "models"  # service/inference/model.py -> the root
     if checkout.is_dir():
         return checkout
     spec = importlib.util.find_spec("cxr_models")

@@ -5,6 +5,9 @@ peer answering the same images."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,9 +17,11 @@ from loadtest import targets
 from loadtest.benchmark import run
 from loadtest.checks import check_answer
 from loadtest.images import load_samples
-from loadtest.plan import Plan
+from loadtest.plan import BenchError, Plan
+from tests.support.shareddata import BUNDLED_VERSION
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_writes_results_doc_and_plot(
@@ -113,3 +118,54 @@ def test_ray_serve_peer_answers_like_the_naive_baseline(
                 peer.url + "/", content=sample.data, headers={"Content-Type": sample.content_type}, timeout=60
             )
             assert check_answer(response.status_code, response.content, 1, full=False) is None, sample.name
+
+
+def test_bench_without_images_the_model_classifies_stops_with_one_line(tmp_path: Path) -> None:
+    """Regression (issue 27): `cxr bench` with no image folder sent synthetic images (2 JPEGs, the default
+    format), which the bundled model's input-domain check refuses, and crashed with `ValueError: rate
+    must be > 0` after its first sweep. It now stops before measuring anything, saying why in one line."""
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "CXR_LOADTEST_IMAGES"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr",
+            "bench",
+            "--quick",
+            "--images",
+            str(empty),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "cxr bench: the input-domain check of cxr-compact v1 refuses all 2 synthetic images"
+    )
+    assert "--images" in last and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_a_service_that_classifies_nothing_is_a_bench_error_not_a_zero_rate(tmp_path: Path) -> None:
+    """The same bug one level down: `run()` given only images the service refuses (every answer a 422)
+    says so instead of scheduling an open-loop sweep at 0 requests/s."""
+    plan = Plan(
+        model_dir=BUNDLED_VERSION,
+        samples=load_samples([], formats={"jpeg", "png"}),  # no folder: the synthetic images
+        out_dir=tmp_path,
+        targets=["service"],
+        log_dir=tmp_path / "logs",
+    )
+    plan.shrink()
+    plan.concurrency = [1]
+    with pytest.raises(BenchError, match="the service classified no image at any load level") as raised:
+        run(plan)
+    assert "'422'" in str(raised.value), raised.value

@@ -63,3 +63,5 @@ def test_an_out_of_domain_dicom_gets_no_classification(
         status, kind, error = ledger[uid]
         assert (status, kind) == ("skipped", "out-of-domain")
         assert "not analysed" in error and "chest radiograph" in error
+        # Issue 27: the service's reason names the score that failed and the card's threshold.
+        assert "refused above 0.50" in error, error

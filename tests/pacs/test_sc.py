@@ -214,9 +214,20 @@ def test_out_of_domain_images_get_a_not_analysed_sc_and_nothing_about_covid(
         scs = {uid: found[0] for uid, found in sc_by_source(orthanc.scs()).items()}
         srs = orthanc.srs()
 
-        for marker, reason in (
-            ("stub:refuse", domainstub.REFUSAL_DETAIL),
-            ("stub:out", "; ".join(domainstub.OUT_REASONS)),
+        for marker, reason, failed in (
+            (
+                "stub:refuse",
+                domainstub.REFUSAL_DETAIL,
+                ["not_radiograph 0.92 > 0.5 (the card's max_not_radiograph)"],
+            ),
+            (
+                "stub:out",
+                "; ".join(domainstub.OUT_REASONS),
+                [
+                    "lung_largest_area 0.004 < 0.02 (the card's min_lung_area)",
+                    "colour_fraction 0.6 > 0.1 (the card's max_colour_fraction)",
+                ],
+            ),
         ):
             uid = uids[marker]
             row = rows[uid]
@@ -227,6 +238,9 @@ def test_out_of_domain_images_get_a_not_analysed_sc_and_nothing_about_covid(
             sc = scs[uid]
             assert sc.SeriesDescription == NOT_ANALYSED_SERIES_DESCRIPTION
             assert "NOT ANALYSED" in sc.ImageComments and reason in sc.ImageComments
+            # Issue 27: each check that refused it, with its score and the model card's threshold.
+            shown = [line for line in sc.ImageComments.splitlines() if line.startswith("failed check: ")]
+            assert shown == [f"failed check: {line}" for line in failed], sc.ImageComments
             assert "RESEARCH USE ONLY" in sc.ImageComments
             assert "covid" not in _texts(sc).lower(), _texts(sc)
         # The corrected image was analysed; its SC says what the service corrected, and it has an SR.

@@ -53,6 +53,38 @@ def test_predict_refuses_what_is_not_a_chest_radiograph_and_exits_0(tmp_path: Pa
     assert "exit status" in _cxr("predict", "--help").stdout
 
 
+def test_predict_names_the_failed_check_its_score_and_the_cards_threshold(tmp_path: Path) -> None:
+    """Issue 27: the table's reason and the jsonl record's domain.failed name what failed, by how much,
+    against which threshold of the bundled model's card."""
+    version = find_versions(default_repository())[-1]
+    card = json.loads((version / "card.json").read_text())["domain"]["thresholds"]
+    noise, tiny, colour = tmp_path / "noise.png", tmp_path / "tiny.png", tmp_path / "colour.png"
+    cv2.imwrite(str(noise), np.random.default_rng(2).integers(0, 256, (512, 512)).astype(np.uint8))
+    cv2.imwrite(str(tiny), np.zeros((40, 60), np.uint8))
+    film = synthetic_xray(np.random.default_rng(0), False, size=256)
+    cv2.imwrite(str(colour), cv2.applyColorMap(film, cv2.COLORMAP_JET))
+    paths = [str(noise), str(tiny), str(colour)]
+    table = _cxr("predict", *paths)
+    assert table.returncode == 0, table.stderr
+    lines = {path: next(line for line in table.stdout.splitlines() if path in line) for path in paths}
+    assert f"p(not a radiograph) 1.00, refused above {card['max_not_radiograph']:.2f}" in lines[str(noise)]
+    assert f"needs at least {card['min_side']} px on its shorter side (this one has 40)" in lines[str(tiny)]
+    assert f"refused above {card['max_colour_fraction']:.0%}" in lines[str(colour)]
+    jsonl = _cxr("predict", *paths, "--format", "jsonl")
+    records = {record["file"]: record for record in map(json.loads, jsonl.stdout.splitlines())}
+    expected = {
+        str(noise): ("not_radiograph", "max_not_radiograph", ">"),
+        str(tiny): ("shorter_side", "min_side", "<"),
+        str(colour): ("colour_fraction", "max_colour_fraction", ">"),
+    }
+    for path, (check, name, side) in expected.items():
+        (failed,) = records[path]["domain"]["failed"]
+        assert (failed["check"], failed["threshold_name"]) == (check, name), failed
+        assert failed["threshold"] == card[name]
+        assert failed["rule"] == f"score {side} threshold refuses"
+    assert records[str(tiny)]["domain"]["failed"][0]["score"] == 40
+
+
 def test_bad_files_get_one_line_errors_and_nonzero_exit(tmp_path: Path) -> None:
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), synthetic_xray(np.random.default_rng(1), True, size=256))

@@ -106,3 +106,15 @@ def test_key_matching_plain_and_hashed() -> None:
     assert not key_matches("k3", ["k1", hashed])
     assert not key_matches(hashed, ["k1", hashed])  # the hash itself is not a key
     assert not key_matches("k1", [])
+
+
+def test_the_default_model_repository_is_this_checkouts_models() -> None:
+    """Regression: after model.py moved into service/inference/ (issue 26), `default_repository()` looked
+    for service/models, missed it, and took an installed checkout's models instead (another worktree's,
+    under an editable install), so `cxr serve`, `cxr predict` and the tests ran a model this checkout
+    does not hold."""
+    from service.inference.model import default_repository
+
+    root = Path(__file__).resolve().parents[2]
+    assert default_repository() == root / "models"
+    assert Settings().model_dir == root / "models"

@@ -4,7 +4,9 @@ uvicorn on a free loopback port; nothing of ours is mocked.
 
 Contract (from the issue): a refused image gets HTTP 422 `application/problem+json` whose `type` ends with
 `/not-a-chest-radiograph` and whose `detail` says why; an accepted but flagged image gets a normal result
-carrying `"domain": {"verdict": "in" | "out" | "corrected", "reasons": [...]}`.
+carrying `"domain": {"verdict": "in" | "out" | "corrected", "reasons": [...]}`. Refusals carry
+`domain.failed` as the real service sends it since issue 27 (one entry per failed check, with its score and
+the card's threshold); the "out" one also an entry no client can read, which must be left out, not fatal.
 
 Which answer an image gets is read from its Image Comments: `stub:refuse` (422), `stub:out` (200 with
 verdict "out"), `stub:corrected` (200, verdict "corrected"); anything else: a plain 200.
@@ -27,7 +29,33 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 REFUSAL_DETAIL = "The image looks like a photograph of a document, not a chest radiograph."
+REFUSAL_FAILED = [
+    {
+        "check": "not_radiograph",
+        "score": 0.92,
+        "threshold": 0.5,
+        "threshold_name": "max_not_radiograph",
+        "rule": "score > threshold refuses",
+    }
+]
 OUT_REASONS = ["no lung fields found", "colour photograph"]
+OUT_FAILED = [
+    {
+        "check": "lung_largest_area",
+        "score": 0.004,
+        "threshold": 0.02,
+        "threshold_name": "min_lung_area",
+        "rule": "score < threshold refuses",
+    },
+    {
+        "check": "colour_fraction",
+        "score": 0.6,
+        "threshold": 0.1,
+        "threshold_name": "max_colour_fraction",
+        "rule": "score > threshold refuses",
+    },
+    {"check": "from a newer service", "score": "not a number"},  # left out by the client, not fatal
+]
 CORRECTED_REASONS = ["inverted polarity corrected"]
 MODEL = {"name": "stub", "version": "0", "sha256": "0" * 64}
 
@@ -67,11 +95,12 @@ async def _classify(request: Request) -> JSONResponse:
             "status": 422,
             "detail": REFUSAL_DETAIL,
             "instance": "/v1/classify",
+            "domain": {"verdict": "out", "reasons": [REFUSAL_DETAIL], "failed": REFUSAL_FAILED},
         }
         return JSONResponse(problem, status_code=422, media_type="application/problem+json")
     domain = None
     if marker == "stub:out":
-        domain = {"verdict": "out", "reasons": OUT_REASONS}
+        domain = {"verdict": "out", "reasons": OUT_REASONS, "failed": OUT_FAILED}
     elif marker == "stub:corrected":
         domain = {"verdict": "corrected", "reasons": CORRECTED_REASONS}
     return JSONResponse({"request_id": "stub", "results": [_result(domain)]})

@@ -43,14 +43,62 @@ async function problemOf(response) {
   }
   const title = body && typeof body.title === "string" ? body.title : `HTTP ${response.status}`;
   const detail = body && typeof body.detail === "string" ? body.detail : response.statusText || "No details.";
-  // The input-domain check's refusal: said plainly, as a refusal rather than a fault.
+  // The input-domain check's refusal: said plainly, as a refusal rather than a fault, with the checks
+  // that refused the image (each with its score and the model card's threshold).
   const refused = Boolean(body && typeof body.type === "string" && body.type.endsWith("/not-a-chest-radiograph"));
+  const failed = refused && body.domain && Array.isArray(body.domain.failed) ? body.domain.failed : [];
   return {
     title: refused ? "Not analysed: this does not look like a frontal chest radiograph" : title,
     detail,
     status: response.status,
     refused,
+    failed,
   };
+}
+
+// What each input-domain check measures (service/imaging/input_check.py); an unknown one shows its name.
+const CHECKS = {
+  shorter_side: "shorter side of the image (px)",
+  colour_fraction: "share of coloured pixels",
+  not_radiograph: "view model: p(not a chest radiograph)",
+  distance: "feature distance to the training films",
+  orientation_confidence: "view model: confidence in the orientation it found",
+  upright_after_correction: "view model: p(upright) once turned back",
+  lung_largest_area: "largest lung field (share of the image)",
+  lung_centre_dx: "lung fields' horizontal distance (share of the width)",
+  lung_centre_dy: "lung fields' vertical offset (share of the height)",
+};
+
+// Four significant digits (0.999923 reads 0.9999, the card's 0.5 reads 0.5), more where four would show a
+// refused score equal to its threshold (0.50004 against 0.5).
+function apart(score, threshold) {
+  const shown = (value, digits) => String(Number(Number(value).toPrecision(digits)));
+  let digits = 4;
+  while (digits < 8 && shown(score, digits) === shown(threshold, digits)) digits += 1;
+  return [shown(score, digits), shown(threshold, digits)];
+}
+
+function showFailedChecks(item, failed) {
+  const rows = failed.map((entry) => {
+    const row = document.createElement("tr");
+    row.dataset.check = String(entry.check);
+    row.dataset.score = String(entry.score);
+    row.dataset.threshold = String(entry.threshold);
+    const [score, threshold] = apart(entry.score, entry.threshold);
+    const cells = [
+      CHECKS[entry.check] || String(entry.check),
+      score,
+      `${threshold} (${entry.threshold_name})`,
+      String(entry.rule),
+    ];
+    for (const text of cells) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  $(".failed-checks tbody", item).replaceChildren(...rows);
 }
 
 async function loadModels() {
@@ -106,15 +154,21 @@ function updateStatus() {
   const items = [...document.querySelectorAll(".result")];
   const count = (state) => items.filter((item) => item.dataset.state === state).length;
   const pending = count("pending");
+  // A refused image is an answer (not a chest radiograph, so not analysed), not a failure of the service.
+  const refused = count("refused");
   $("#status").textContent = items.length
-    ? `${items.length} file(s): ${count("done")} classified, ${count("error")} failed` +
+    ? `${items.length} file(s): ${count("done")} classified, ` +
+      (refused ? `${refused} not analysed, ` : "") +
+      `${count("error")} failed` +
       (pending ? `, ${pending} in progress` : "")
     : "";
 }
 
 function showProblem(item, problem) {
-  item.dataset.state = "error";
+  // A refused image keeps its thumbnail beside the reason; a failed one shows no image (style.css).
+  item.dataset.state = problem.refused ? "refused" : "error";
   item.dataset.refused = problem.refused ? "true" : "false";
+  showFailedChecks(item, problem.failed || []);
   $(".problem-title", item).textContent = problem.title;
   $(".problem-status", item).textContent = problem.status ? `(HTTP ${problem.status})` : "";
   $(".problem-detail", item).textContent = problem.detail;

@@ -264,24 +264,68 @@ def test_first_result_with_the_bundled_model(browser: Any, tmp_path: Path, ci_lo
         page.screenshot(path=str(ci_logs / "web-bundled-model.png"), full_page=True)
 
 
-def test_an_image_that_is_not_a_chest_radiograph_is_refused_plainly(browser: Any, tmp_path: Path) -> None:
-    """Issue 16: the bundled model's input-domain check refuses noise; the page says so, as a refusal."""
+def test_a_refused_image_is_shown_with_its_thumbnail_and_the_checks_that_failed(
+    browser: Any, tmp_path: Path, ci_logs: Path
+) -> None:
+    """Issues 16 and 27: the bundled model's input-domain check refuses noise; the page says so as a
+    refusal, beside the image's thumbnail, with each failed check's score and the card's threshold as the
+    API gives them, and counts it as not analysed, apart from a file that failed."""
     if not find_versions(default_repository()):
         pytest.skip(f"no bundled model under {default_repository()}")
     noise = tmp_path / "noise.png"
     noise.write_bytes(encode(np.random.default_rng(16).integers(0, 256, (512, 512)).astype(np.uint8)))
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(encode(blob_image())[:200])
     with (
         serving(default_repository(), tmp_path / "server.log") as bundled,
         _opened(browser, bundled.url) as page,
     ):
-        page.set_input_files("#files", str(noise))
-        item = page.locator(".result").first
-        expect(item).to_have_attribute("data-state", "error", timeout=TIMEOUT_MS)
+        page.set_input_files("#files", [str(noise), str(corrupt)])
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.result')].every(i => i.dataset.state !== 'pending')",
+            timeout=TIMEOUT_MS,
+        )
+        items = page.locator(".result")
+        by_name = {items.nth(i).locator(".file").inner_text(): items.nth(i) for i in range(items.count())}
+        item = by_name[noise.name]
+        expect(item).to_have_attribute("data-state", "refused")
         expect(item).to_have_attribute("data-refused", "true")
         expect(item.locator(".problem-title")).to_contain_text(
             "does not look like a frontal chest radiograph"
         )
         expect(item.locator(".problem-detail")).to_contain_text("not analysed")
+        # The thumbnail is there, beside the reason (not under it), and no score or heatmap is.
+        expect(item).to_have_class(re.compile(r"\bhas-image\b"), timeout=TIMEOUT_MS)
+        assert item.locator("img.xray").evaluate("img => img.complete && img.naturalWidth > 0")
+        expect(item.locator(".view")).to_be_visible()
+        view, reason = item.locator(".view").bounding_box(), item.locator(".problem").bounding_box()
+        assert view is not None and reason is not None and view["x"] + view["width"] <= reason["x"]
+        expect(item.locator(".answer")).to_be_hidden()
+        assert "has-cam" not in (item.get_attribute("class") or "")
+
+        answer = httpx.post(
+            f"{bundled.url}/v1/classify",
+            files=[("file", ("image", noise.read_bytes(), "application/octet-stream"))],
+            timeout=30,
+        )
+        assert answer.status_code == 422, answer.text
+        failed = answer.json()["domain"]["failed"]
+        assert failed, answer.json()
+        rows = item.locator(".failed-checks tbody tr")
+        expect(rows).to_have_count(len(failed))
+        for index, entry in enumerate(failed):
+            row = rows.nth(index)
+            assert row.get_attribute("data-check") == entry["check"]
+            assert float(row.get_attribute("data-score")) == entry["score"]
+            assert float(row.get_attribute("data-threshold")) == entry["threshold"]
+            text = row.inner_text()
+            assert entry["threshold_name"] in text and entry["rule"] in text, text
+        expect(item.locator(".failed-checks")).to_be_visible()
+
+        expect(by_name[corrupt.name]).to_have_attribute("data-state", "error")
+        expect(by_name[corrupt.name].locator(".failed-checks")).to_be_hidden()
+        expect(page.locator("#status")).to_have_text("2 file(s): 0 classified, 1 not analysed, 1 failed")
+        page.screenshot(path=str(ci_logs / "web-refused.png"), full_page=True)
 
 
 def test_dropping_a_file_uploads_it(server: Server, page: Any) -> None:
