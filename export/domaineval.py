@@ -108,22 +108,27 @@ def _tally(verdicts: list[Any]) -> dict[str, Any]:
     }
 
 
+_CHECK_NAMES = {
+    "shorter_side": "size",
+    "colour_fraction": "colour",
+    "not_radiograph": "view model",
+    "distance": "distance",
+    "orientation_confidence": "orientation uncertain",
+    "upright_after_correction": "orientation uncertain",
+    "lung_largest_area": "lungs",
+    "lung_centre_dx": "lungs",
+    "lung_centre_dy": "lungs",
+}
+
+
 def _caught_by(verdict: Any) -> str:
+    """Which check refused the image (the first failed one, by its structured name), or "corrected"."""
     if verdict is None:
         return "unreadable"
-    reasons = " ".join(verdict.reasons)
-    for key, name in (
-        ("px on its shorter side", "size"),
-        ("colour image", "colour"),
-        ("does not look like a chest radiograph", "view model"),
-        ("unlike every training film", "distance"),
-        ("lung", "lungs"),
-        ("too uncertain", "orientation uncertain"),
-        ("corrected", "corrected"),
-    ):
-        if key in reasons:
-            return name
-    return "passed"
+    if verdict.failed:
+        check = str(verdict.failed[0].check)
+        return _CHECK_NAMES.get(check, check)
+    return "corrected" if verdict.verdict == "corrected" else "passed"
 
 
 def genuine_sets(manifest: Path, data: Path, split: dict[str, str]) -> dict[str, list[tuple[str, bytes]]]:
