@@ -62,6 +62,8 @@ class TrainOptions:
     annotations: float = 0.0
     icu: float = 0.5
     """Probability of rendering a training image as a ward film (export.icu), for every label alike."""
+    invariance: float = 2.0
+    """Weight of the counterfactual penalty (export.invariance); 0 turns the painted pairs off."""
     folds: int = 0
     fold: int = 0
     val_fraction: float = 0.15
@@ -90,6 +92,8 @@ class TrainOptions:
         _check(self.adversary >= 0, "--adversary must be non-negative")
         _check(0 <= self.annotations <= 1, "--annotations must be in [0, 1]")
         _check(0 <= self.icu <= 1, "--icu must be in [0, 1]")
+        _check(self.invariance >= 0, "--invariance must be non-negative")
+        _check(not (self.invariance and self.adversary), "--invariance and --adversary are not combined")
         _check(not self.fold or bool(self.folds), "--fold needs --folds")
         _check(self.folds == 0 or self.folds >= 2, "--folds must be 0 (off) or at least 2")
         _check(not self.folds or 0 <= self.fold < self.folds, "--fold must be in [0, --folds)")

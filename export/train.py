@@ -43,7 +43,8 @@ from export.dataset import (
     write_split,
 )
 from export.icu import TRAIN as TRAIN_STYLE
-from export.icu import icu_film
+from export.icu import burn_text, icu_film, paint_devices
+from export.invariance import InvariantSteps
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
 from export.options import TrainOptions, command_line
 from service.imaging.decode import decode_file
@@ -116,6 +117,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="probability of turning a training image of any class into a ward film (export.icu: tubes, "
         "lines, ECG leads, pacemakers, burned-in text, tilt inside collimation borders, portable exposure), "
         "so that devices stop being evidence of COVID (0 turns it off)",
+    )
+    parser.add_argument(
+        "--invariance",
+        type=float,
+        default=2.0,
+        help="weight of the counterfactual penalty (export.invariance): every training film is seen as it is "
+        "and with devices and text painted on, and the squared difference of the two logits is added to the "
+        "loss (0 turns it off; not combined with --adversary)",
     )
     parser.add_argument(
         "--folds",
@@ -191,6 +200,7 @@ def augment(
     rng: np.random.Generator,
     annotations: float = 0.0,
     icu: float = 0.0,
+    overlay_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """A randomly perturbed training input: synthetic annotations (with probability `annotations`), a
     ward film's devices, text, tilt and exposure (with probability `icu`, export.icu's TRAIN style), and
@@ -202,6 +212,12 @@ def augment(
     if icu > 0 and rng.random() < icu:
         # Drawn on films of every label with the same probability: a device must say nothing of the label.
         image, box = icu_film(image, box, rng, TRAIN_STYLE)
+    if overlay_rng is not None:
+        # The painted half of a counterfactual pair (export.invariance): its own random stream, so every
+        # other choice below is the same as for the clean half drawn with the same `rng` state.
+        image = paint_devices(image, box, overlay_rng, TRAIN_STYLE)
+        if overlay_rng.random() < 0.5:
+            image = burn_text(image, overlay_rng, TRAIN_STYLE)
     if rng.random() < 0.5:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(20, 95))])
         reencoded = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else None
@@ -403,6 +419,8 @@ class Network:
     fitted: Any
     strength: Any | None
     """The gradient reversal's strength variable; None without an adversary."""
+    invariant: InvariantSteps | None = None
+    """The counterfactual pair steps (export.invariance); None when `invariance` is 0."""
 
 
 @dataclass
@@ -502,7 +520,8 @@ def build_network(options: TrainOptions, data: TrainingData) -> Network:
     )
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
     fitted, strength = adversarial_model(model, loss) if options.adversary > 0 else (model, None)
-    return Network(REGISTRY[options.arch], model, feature_layer, loss, fitted, strength)
+    invariant = InvariantSteps(model, loss, options.invariance) if options.invariance > 0 else None
+    return Network(REGISTRY[options.arch], model, feature_layer, loss, fitted, strength, invariant)
 
 
 def fit(options: TrainOptions, data: TrainingData, network: Network) -> Fit:
@@ -559,12 +578,37 @@ def _train_epoch(
 ) -> tuple[dict[str, float | None], np.ndarray, np.ndarray]:
     """One pass over freshly augmented, shuffled training images: ({loss, origin_loss}, inputs, targets)."""
     order = rng.permutation(len(data.train))
-    train_x = np.stack(
-        [augment(data.train[i], data.spec, rng, options.annotations, options.icu) for i in order]
-    )
     train_t = np.array([data.train[i].target for i in order], dtype=np.float32)
     class_t = train_t if data.outputs > 1 else train_t[:, None]
     weights = data.sample_weights[order]
+    if network.invariant is not None:
+        seeds = rng.integers(0, 2**62, size=len(order))
+        train_x = np.stack(
+            [
+                augment(
+                    data.train[i], data.spec, np.random.default_rng(seed), options.annotations, options.icu
+                )
+                for i, seed in zip(order, seeds, strict=True)
+            ]
+        )
+        painted = np.stack(
+            [
+                augment(
+                    data.train[i],
+                    data.spec,
+                    np.random.default_rng(seed),
+                    options.annotations,
+                    options.icu,
+                    overlay_rng=np.random.default_rng(seed + 1),
+                )
+                for i, seed in zip(order, seeds, strict=True)
+            ]
+        )
+        entropy, penalty = network.invariant.epoch(train_x, painted, class_t, weights, options.batch_size)
+        return {"loss": entropy, "origin_loss": None, "invariance_penalty": penalty}, train_x, train_t
+    train_x = np.stack(
+        [augment(data.train[i], data.spec, rng, options.annotations, options.icu) for i in order]
+    )
     if network.strength is None:
         fitted = network.model.fit(
             train_x, class_t, sample_weight=weights, batch_size=options.batch_size, epochs=1, verbose=0
@@ -619,6 +663,7 @@ def _epoch_record(
         "val_auroc_raw_weights": raw_val_auc,
         "val_source_gap_auroc": source_gap_auroc(data.val, val_scores),
         "origin_loss": losses["origin_loss"],
+        "invariance_penalty": losses.get("invariance_penalty"),
         "reversal_strength": float(network.strength.numpy()) if network.strength is not None else None,
         "selection_score": (val_auc + val_within) / 2 if val_within is not None else val_auc,
     }
