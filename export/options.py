@@ -93,7 +93,10 @@ class TrainOptions:
         _check(0 <= self.annotations <= 1, "--annotations must be in [0, 1]")
         _check(0 <= self.icu <= 1, "--icu must be in [0, 1]")
         _check(self.invariance >= 0, "--invariance must be non-negative")
-        _check(not (self.invariance and self.adversary), "--invariance and --adversary are not combined")
+        _check(
+            not (self.invariance and self.adversary),
+            "--adversary needs --invariance 0: the counterfactual pairs and the origin adversary are not combined",
+        )
         _check(not self.fold or bool(self.folds), "--fold needs --folds")
         _check(self.folds == 0 or self.folds >= 2, "--folds must be 0 (off) or at least 2")
         _check(not self.folds or 0 <= self.fold < self.folds, "--fold must be in [0, --folds)")

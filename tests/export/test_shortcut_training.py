@@ -114,7 +114,7 @@ def test_tiny_run_with_adversary_and_annotations_exports_only_the_classifier(
 
     run = tmp_path / "run"
     train(TrainOptions(manifest=synthetic_manifest, arch="compact", epochs=3, input_size=64, segmenter="none",
-                       out=run, batch_size=16, adversary=0.5, annotations=0.5))  # fmt: skip
+                       out=run, batch_size=16, adversary=0.5, annotations=0.5, invariance=0.0))  # fmt: skip
     history = json.loads((run / "history.json").read_text())
     assert history[0]["reversal_strength"] == 0.0
     assert history[-1]["reversal_strength"] == pytest.approx(0.5 * (2 / (1 + np.exp(-10.0)) - 1), rel=1e-5)
