@@ -27,7 +27,9 @@ class InvariantSteps:
 
         self.model = model
         self.loss = loss
-        self.weight = weight
+        # A variable, so the weight can ramp up epoch by epoch without retracing the step.
+        self.weight = tf.Variable(float(weight), trainable=False, dtype=tf.float32)
+        weight_variable = self.weight
 
         @tf.function(reduce_retracing=True)
         def step(clean: Any, painted: Any, target: Any, sample_weight: Any) -> tuple[Any, Any]:
@@ -40,12 +42,15 @@ class InvariantSteps:
                 entropy = loss(both_t, logits, sample_weight=both_w)
                 gap = tf.reduce_mean(tf.square(first - second), axis=-1)
                 penalty = tf.reduce_sum(gap * sample_weight) / tf.reduce_sum(sample_weight)
-                total = entropy + weight * penalty
+                total = entropy + weight_variable * penalty
             gradients = tape.gradient(total, model.trainable_variables)
             model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
             return entropy, penalty
 
         self._step = step
+
+    def set_weight(self, weight: float) -> None:
+        self.weight.assign(float(weight))
 
     def epoch(
         self,

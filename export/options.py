@@ -62,7 +62,7 @@ class TrainOptions:
     annotations: float = 0.0
     icu: float = 0.5
     """Probability of rendering a training image as a ward film (export.icu), for every label alike."""
-    invariance: float = 2.0
+    invariance: float = 1.0
     """Weight of the counterfactual penalty (export.invariance); 0 turns the painted pairs off."""
     folds: int = 0
     fold: int = 0
