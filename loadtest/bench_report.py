@@ -575,6 +575,11 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
         created = info["environment_created_s"]
         environment = f"created in {created:.0f} s" if created else "cached"
         for tried in info["settings"]:
+            if "skipped" in tried:
+                lines.append(
+                    f"| {shown} | {tried['setting']}: **did not start**: {tried['skipped']} | - | - | - | - | - |"
+                )
+                continue
             kept = " (kept)" if tried["setting"] == info["chosen"] else ""
             lines.append(
                 f"| {shown} | {tried['setting']}{kept} | {tried['clients']} | {tried['images_per_s']:.1f} | "

@@ -394,7 +394,11 @@ def main(args: argparse.Namespace) -> int:
         if args.targets == ",".join(DEFAULT_TARGETS):
             # Ray takes ~20 s to start; LitServe's environment is created in ~20 s when not cached (BentoML's
             # takes ~40 s, so it is left to the full run).
-            plan.targets = [t for t in DEFAULT_TARGETS if t not in ("peer", "bentoml")]
+            plan.targets = [
+                t
+                for t in DEFAULT_TARGETS
+                if t not in ("peer", "bentoml", "litserve-pillow", "bentoml-pillow")
+            ]
     if args.targets != ",".join(DEFAULT_TARGETS):
         plan.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.concurrency:

@@ -65,14 +65,26 @@ class Classifier:
         tensor, _, _ = self.model.prepare(self.decode(path.read_bytes()))
         return tensor
 
-    @bentoml.api(  # type: ignore[untyped-decorator]
-        route="/classify",
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=_MAX_BATCH_SIZE,
-        max_latency_ms=int(_TIMEOUT_S * 1000),
-    )
-    def classify(self, image: list[Path]) -> list[dict[str, Any]]:
+    if _MAX_BATCH_SIZE > 1:
+
+        @bentoml.api(  # type: ignore[untyped-decorator]
+            route="/classify",
+            batchable=True,
+            batch_dim=0,
+            max_batch_size=_MAX_BATCH_SIZE,
+            max_latency_ms=int(_TIMEOUT_S * 1000),
+        )
+        def classify(self, image: list[Path]) -> list[dict[str, Any]]:
+            return self._classify(image)
+
+    else:
+        # BentoML refuses a batchable API with max_batch_size 1 ("must be > 1"): unbatched is its own
+        # documented form, one file per call.
+        @bentoml.api(route="/classify")  # type: ignore[untyped-decorator]
+        def classify(self, image: Path) -> dict[str, Any]:
+            return self._classify([image])[0]
+
+    def _classify(self, image: list[Path]) -> list[dict[str, Any]]:
         tensors = list(self.pool.map(self._prepare, image))
         probabilities = self.model.run(np.stack(tensors))[0]
         card = self.model.card

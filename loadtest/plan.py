@@ -15,10 +15,19 @@ TARGETS = (
     "service", "service-b1", "naive", "naive-service-decoder", "peer", "litserve", "bentoml",
     "litserve-pillow", "bentoml-pillow",
 )  # fmt: skip
-DEFAULT_TARGETS = ("service", "naive", "naive-service-decoder", "peer", "litserve", "bentoml")
+DEFAULT_TARGETS = (
+    "service",
+    "naive",
+    "naive-service-decoder",
+    "peer",
+    "litserve",
+    "bentoml",
+    "litserve-pillow",
+    "bentoml-pillow",
+)
 """`service-b1` (a whole sweep at max batch 1) only when asked for: the fixed-batch-1 variant measures that
-next to the defaults, which is the comparison that matters. The peers with Pillow's decoder
-(loadtest/peers.py) too: the naive pair already tells the decoder's share."""
+next to the defaults, which is the comparison that matters. Every peer runs with the service's decoder and
+with its natural one (Pillow), so the table separates the serving design from the decoder."""
 
 
 class BenchError(RuntimeError):

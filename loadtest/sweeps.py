@@ -244,15 +244,24 @@ def _peer(plan: Plan, name: str, rates: list[float]) -> tuple[list[Summary], dic
     tried = peer.settings[:1] if plan.quick else peer.settings
     clients = max(plan.concurrency)
     for index, setting in enumerate(tried):
-        with started(setting, plan.log_dir / f"{name}-setting-{index}.log") as generator:
-            # A peer's first window is the first traffic its fresh processes see (LitServe's API server and
-            # worker answered nothing within the quick plan's 0.3 s warm-up on a busy machine): warm longer.
-            measured = _closed(
-                plan, generator, name, "setting", clients, warmup_s=max(plan.warmup_s, _PEER_WARMUP_S)
-            )
+        try:
+            with started(setting, plan.log_dir / f"{name}-setting-{index}.log") as generator:
+                # A peer's first window is the first traffic its fresh processes see (LitServe's API server
+                # and worker answered nothing within the quick plan's 0.3 s warm-up on a busy machine).
+                measured = _closed(
+                    plan, generator, name, "setting", clients, warmup_s=max(plan.warmup_s, _PEER_WARMUP_S)
+                )
+        except peers.PeerUnavailable as error:
+            # One setting that does not start is reported; the peer is skipped only if none does.
+            logger.warning("%s: %s", name, error)
+            info["settings"].append({"setting": setting.label, "clients": clients, "skipped": str(error)})
+            continue
         _log(measured)
         info["settings"].append({"setting": setting.label, "clients": clients, **measured.as_dict()})
-    best = max(range(len(tried)), key=lambda index: info["settings"][index]["images_per_s"])
+    measured_settings = [i for i, entry in enumerate(info["settings"]) if "skipped" not in entry]
+    if not measured_settings:
+        raise peers.PeerUnavailable("; ".join(entry["skipped"] for entry in info["settings"]))
+    best = max(measured_settings, key=lambda index: info["settings"][index]["images_per_s"])
     info["chosen"] = tried[best].label
     with started(tried[best], plan.log_dir / f"{name}.log") as generator:
         closed = sweep(plan, name, generator, clients=plan.concurrency, rates=[])
