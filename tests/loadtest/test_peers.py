@@ -138,3 +138,20 @@ def test_peer_answers_from_its_cached_environment(
         if f"--port {port}" in " ".join(p.info["cmdline"] or [])
     ]
     assert left == []
+
+
+def test_a_setting_that_does_not_start_is_listed_and_the_others_kept() -> None:
+    info = {
+        "bentoml": {
+            "environment_created_s": 0.0,
+            "chosen": "max batch 8, 1 worker",
+            "settings": [
+                {"setting": "max batch 8, 1 worker", "clients": 64, "images_per_s": 20.0, "p99_ms": 900.0,
+                 "error_rate": 0.0},
+                {"setting": "max batch 1, 2 workers", "clients": 64, "skipped": "did not start (exited with 1)"},
+            ],
+        }
+    }  # fmt: skip
+    section = "\n".join(bench_report.peers_section(info))
+    assert "| max batch 8, 1 worker (kept) | 64 | 20.0 |" in section
+    assert "max batch 1, 2 workers: **did not start**: did not start (exited with 1)" in section
