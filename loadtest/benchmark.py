@@ -355,8 +355,8 @@ def bench_samples(folders: list[Path] | None, formats: set[ImageFormat]) -> list
 def classifiable(samples: list[Sample], model: OnnxModel) -> list[Sample]:
     """The samples `model`'s input-domain check accepts (each refused one named in a warning line): the
     service refuses the others with 422, and a benchmark of refusals measures nothing it is for. Raises
-    BenchError when none is left (the synthetic images are drawn, not radiographs: a model with the check
-    refuses them all)."""
+    BenchError when none is left (a folder of photographs, say; or the synthetic images, drawn, not
+    radiographs, which a model's check may refuse)."""
     kept = leave_out(samples, refused_by_model(samples, model))
     if not kept:
         where = "synthetic images" if all(s.name.startswith("synthetic-") for s in samples) else "images"

@@ -18,6 +18,7 @@ from loadtest.benchmark import run
 from loadtest.checks import check_answer
 from loadtest.images import load_samples
 from loadtest.plan import BenchError, Plan
+from tests.loadtest.conftest import colour_samples
 from tests.support.shareddata import BUNDLED_VERSION
 
 pytestmark = pytest.mark.slow
@@ -120,12 +121,12 @@ def test_ray_serve_peer_answers_like_the_naive_baseline(
             assert check_answer(response.status_code, response.content, 1, full=False) is None, sample.name
 
 
-def test_bench_without_images_the_model_classifies_stops_with_one_line(tmp_path: Path) -> None:
-    """Regression (issue 27): `cxr bench` with no image folder sent synthetic images (2 JPEGs, the default
-    format), which the bundled model's input-domain check refuses, and crashed with `ValueError: rate
-    must be > 0` after its first sweep. It now stops before measuring anything, saying why in one line."""
-    empty = tmp_path / "no-images"
-    empty.mkdir()
+def test_bench_without_images_the_model_classifies_stops_with_one_line(
+    colour_folder: Path, tmp_path: Path
+) -> None:
+    """Regression (issue 27): `cxr bench` given only images the bundled model's input-domain check refuses
+    (then: its synthetic images) crashed with `ValueError: rate must be > 0` after its first sweep. It now
+    stops before measuring anything, saying why in one line."""
     env = {k: v for k, v in os.environ.items() if k != "CXR_LOADTEST_IMAGES"}
     result = subprocess.run(
         [
@@ -135,7 +136,7 @@ def test_bench_without_images_the_model_classifies_stops_with_one_line(tmp_path:
             "bench",
             "--quick",
             "--images",
-            str(empty),
+            str(colour_folder),
             "--out",
             str(tmp_path / "out"),
         ],
@@ -147,9 +148,7 @@ def test_bench_without_images_the_model_classifies_stops_with_one_line(tmp_path:
     )
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith(
-        "cxr bench: the input-domain check of cxr-compact v1 refuses all 2 synthetic images"
-    )
+    assert last.startswith("cxr bench: the input-domain check of cxr-compact v1 refuses all 2 images")
     assert "--images" in last and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "results.json").exists()
 
@@ -159,7 +158,7 @@ def test_a_service_that_classifies_nothing_is_a_bench_error_not_a_zero_rate(tmp_
     says so instead of scheduling an open-loop sweep at 0 requests/s."""
     plan = Plan(
         model_dir=BUNDLED_VERSION,
-        samples=load_samples([], formats={"jpeg", "png"}),  # no folder: the synthetic images
+        samples=colour_samples(),  # every one refused by the colour rule
         out_dir=tmp_path,
         targets=["service"],
         log_dir=tmp_path / "logs",

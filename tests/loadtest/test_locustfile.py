@@ -116,11 +116,11 @@ def test_the_default_images_have_no_failures_against_the_bundled_model(tmp_path:
 
 
 def test_locust_stops_with_one_line_when_the_service_refuses_every_image(
-    image_folder: Path, tmp_path: Path
+    colour_folder: Path, tmp_path: Path
 ) -> None:
-    """The synthetic images are drawn, not radiographs: the bundled model's check refuses them all."""
-    run, _, _ = _locust(BUNDLED_MODELS, tmp_path, image_folder)
+    """Colour pictures: the bundled model's check refuses them all."""
+    run, _, _ = _locust(BUNDLED_MODELS, tmp_path, colour_folder)
     assert run.returncode == 1, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if "/ERROR/" in line]
-    assert len(errors) == 1 and "refuses all 5 images as not chest radiographs" in errors[0], run.stderr
+    assert len(errors) == 1 and "refuses all 4 images as not chest radiographs" in errors[0], run.stderr
     assert "Traceback" not in run.stderr
