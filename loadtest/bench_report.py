@@ -583,9 +583,15 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
             kept = " (kept)" if tried["setting"] == info["chosen"] else ""
             lines.append(
                 f"| {shown} | {tried['setting']}{kept} | {tried['clients']} | {tried['images_per_s']:.1f} | "
-                f"{_ms(tried['p99_ms'])} | {100 * tried['error_rate']:.1f} % | {environment} |"
+                f"{_ms(tried['p99_ms'])} | {_errors(tried)} | {environment} |"
             )
     return [*lines, ""]
+
+
+def _errors(measured: dict[str, Any]) -> str:
+    """The error rate, and what the errors were (a setting that answers nothing right says why)."""
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in (measured.get("errors") or {}).items())
+    return f"{100 * measured['error_rate']:.1f} %" + (f" ({kinds})" if kinds else "")
 
 
 def _perf_analyzer_check(perf: dict[str, Any] | None) -> list[dict[str, Any]]:

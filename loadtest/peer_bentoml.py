@@ -79,10 +79,11 @@ class Classifier:
 
     else:
         # BentoML refuses a batchable API with max_batch_size 1 ("must be > 1"): unbatched is its own
-        # documented form, one file per call.
+        # documented form, one file per call. It answers a list of one, as the batchable API answers each
+        # request, so the client (loadtest/checks.py) reads both the same way.
         @bentoml.api(route="/classify")  # type: ignore[untyped-decorator]
-        def classify(self, image: Path) -> dict[str, Any]:
-            return self._classify([image])[0]
+        def classify(self, image: Path) -> list[dict[str, Any]]:
+            return self._classify([image])
 
     def _classify(self, image: list[Path]) -> list[dict[str, Any]]:
         tensors = list(self.pool.map(self._prepare, image))

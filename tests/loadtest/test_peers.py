@@ -108,18 +108,27 @@ def test_multipart_upload_carries_the_file_unchanged(image_folder: Path) -> None
     assert asyncio.run(upload.read()) == sample.data
 
 
+_STARTED = [
+    pytest.param(name, setting, id=f"{name}-{setting.label.replace(' ', '').replace(',', '-')}")
+    for name in ["bentoml", "bentoml-pillow", "litserve-pillow"]
+    for setting in peers.PEERS[name].settings
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["bentoml", "bentoml-pillow", "litserve-pillow"])
+@pytest.mark.parametrize(("name", "setting"), _STARTED)
 def test_peer_answers_from_its_cached_environment(
-    name: str, tiny_model: Path, image_folder: Path, tmp_path: Path
+    name: str, setting: peers.Setting, tiny_model: Path, image_folder: Path, tmp_path: Path
 ) -> None:
+    """Every setting the bench tries, answered in the shape the bench checks (BentoML's max-batch-1
+    setting, an unbatched API, once answered a bare object: 100 % errors in a docs run)."""
     peer = peers.PEERS[name]
     try:
         python, _ = peers.ensure_venv(peer, create=False)
     except peers.PeerUnavailable as error:
         pytest.skip(f"{name}: {error} (`cxr bench --targets {name}` creates it)")
     port = targets.free_port()
-    command, env = peers.command(peer, python, tiny_model, port, peer.settings[0], 30.0)
+    command, env = peers.command(peer, python, tiny_model, port, setting, 30.0)
     with targets.launch(
         name, command, tmp_path / f"{name}.log", ready_path=peer.ready_path, port=port, env=env, timeout_s=180
     ) as running:
@@ -149,9 +158,12 @@ def test_a_setting_that_does_not_start_is_listed_and_the_others_kept() -> None:
                 {"setting": "max batch 8, 1 worker", "clients": 64, "images_per_s": 20.0, "p99_ms": 900.0,
                  "error_rate": 0.0},
                 {"setting": "max batch 1, 2 workers", "clients": 64, "skipped": "did not start (exited with 1)"},
+                {"setting": "max batch 8, 2 workers", "clients": 64, "images_per_s": 0.0, "p99_ms": None,
+                 "error_rate": 1.0, "errors": {"no results for 1 images": 146}},
             ],
         }
     }  # fmt: skip
     section = "\n".join(bench_report.peers_section(info))
     assert "| max batch 8, 1 worker (kept) | 64 | 20.0 |" in section
     assert "max batch 1, 2 workers: **did not start**: did not start (exited with 1)" in section
+    assert "| 100.0 % (no results for 1 images: 146) |" in section  # what the errors were, not only how many
