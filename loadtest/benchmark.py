@@ -6,8 +6,9 @@ One invocation, one machine, the same model and images for every target:
    optimization the service relies on;
 2. each target as a real process on a free loopback port (loadtest/targets.py): the service with its
    defaults (the batch policy it chose at warm-up is recorded), the naive baseline (loadtest/naive_app.py)
-   Ray Serve with `@serve.batch` (loadtest/peer_ray.py), and LitServe and BentoML from environments of their
-   own (loadtest/peers.py; skipped with the reason when they cannot be installed or started), each over a closed-loop concurrency sweep and
+   Ray Serve with `@serve.batch` (loadtest/peer_ray.py), and LitServe, BentoML and Triton (PyTriton) from
+   environments of their own (loadtest/peers.py; skipped with the reason when they cannot be installed or
+   started), each over a closed-loop concurrency sweep and
    an open-loop sweep of fixed arrival rates (fractions of the service's peak; loadtest/loadgen.py); then
    the service with one setting changed at a time (the batch policy fixed at 1 and at the maximum among
    them), each next to the defaults;
@@ -393,12 +394,8 @@ def main(args: argparse.Namespace) -> int:
         plan.shrink()
         if args.targets == ",".join(DEFAULT_TARGETS):
             # Ray takes ~20 s to start; LitServe's environment is created in ~20 s when not cached (BentoML's
-            # takes ~40 s, so it is left to the full run).
-            plan.targets = [
-                t
-                for t in DEFAULT_TARGETS
-                if t not in ("peer", "bentoml", "litserve-pillow", "bentoml-pillow")
-            ]
+            # and PyTriton's take longer, so they are left to the full run).
+            plan.targets = ["service", "naive", "naive-service-decoder", "litserve"]
     if args.targets != ",".join(DEFAULT_TARGETS):
         plan.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if args.concurrency:

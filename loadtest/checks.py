@@ -55,6 +55,22 @@ def check_result(result: Any, *, positive_label: str, full: bool) -> str | None:
     return None
 
 
+def _triton_results(answer: dict[str, Any]) -> dict[str, Any]:
+    """A Triton (KServe v2) answer of the PyTriton image peer -> {"results": [...]}: its BYTES tensor
+    `result` holds one JSON object per image; anything else leaves no results (an error)."""
+    outputs = answer.get("outputs")
+    result = next(
+        (o for o in outputs if isinstance(o, dict) and o.get("name") == "result"), None
+    ) if isinstance(outputs, list) else None  # fmt: skip
+    data = result.get("data") if isinstance(result, dict) and result.get("datatype") == "BYTES" else None
+    if not isinstance(data, list) or not all(isinstance(item, str) for item in data):
+        return {}
+    try:
+        return {"results": [json.loads(item) for item in data]}
+    except ValueError:
+        return {}
+
+
 def check_answer(
     status: int, body: bytes, images: int, *, positive_label: str = "covid", full: bool = True
 ) -> str | None:
@@ -68,6 +84,8 @@ def check_answer(
         return "body is not JSON"
     if isinstance(answer, list) and not full:  # a BentoML batchable API answers the request's list as is
         answer = {"results": answer}
+    if isinstance(answer, dict) and "outputs" in answer and not full:
+        answer = _triton_results(answer)
     if not isinstance(answer, dict):
         return "body is not a JSON object"
     results = answer.get("results")

@@ -50,6 +50,11 @@ class Sample:
     def content_type(self) -> str:
         return CONTENT_TYPES[self.fmt]
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers the upload needs besides the HTTP client's own."""
+        return {"Content-Type": self.content_type}
+
 
 def folders_from_env() -> list[Path]:
     """`CXR_LOADTEST_IMAGES` folders, else the default shared data folders that exist (maybe none)."""

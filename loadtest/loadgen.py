@@ -133,9 +133,7 @@ class LoadGenerator:
         sent = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout_s):
-                status, _, body = await client.post(
-                    self._path, sample.data, {"Content-Type": sample.content_type}
-                )
+                status, _, body = await client.post(self._path, sample.data, sample.headers)
         except (
             OSError,
             asyncio.IncompleteReadError,

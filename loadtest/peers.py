@@ -1,6 +1,7 @@
 """The serving frameworks the benchmark compares the service with, besides Ray Serve (loadtest/peer_ray.py,
-which runs in the benchmark's own environment): LitServe (loadtest/peer_litserve.py) and BentoML
-(loadtest/peer_bentoml.py), each with the service's decoder and with Pillow's.
+which runs in the benchmark's own environment): LitServe (loadtest/peer_litserve.py), BentoML
+(loadtest/peer_bentoml.py) and Triton through PyTriton (loadtest/peer_pytriton_image.py), each with the
+service's decoder and with Pillow's; and PyTriton on the tensor path for perf_analyzer (loadtest/perf.py).
 
 Each runs from a virtual environment of its own, so that its dependencies never touch the project's: the
 bench creates it on first use with `python -m venv` and `pip install` from the package registry (the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import shutil
 import subprocess
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtest.images import Sample
+from loadtest.targets import free_port
 
 logger = logging.getLogger(__name__)
 CACHE = Path.home() / ".cache" / "cxr-bench" / "venvs"
@@ -55,10 +58,13 @@ class Peer:
     framework: str
     decoder: str  # "service" or "pillow"
     packages: tuple[str, ...]
-    upload: str  # "raw" (the body is the file, as /v1/classify) or "multipart" (a form field "image")
+    # "raw" (the body is the file, as /v1/classify), "multipart" (a form field "image") or "triton" (a
+    # BYTES tensor with Triton's binary tensor extension)
+    upload: str
     ready_path: str
     settings: tuple[Setting, ...] = field(default_factory=tuple)
     pinned: tuple[str, ...] = _PINNED  # shared packages pinned to the benchmark's versions
+    path: str = "/classify"  # where the films are posted
 
 
 _SETTINGS = (
@@ -85,17 +91,38 @@ def _onnxruntime_pin() -> str:
     return "onnxruntime"
 
 
+_PYTRITON = (
+    # PyTriton 0.7 (Triton server 2.51, python backend only) needs numpy<2: numpy, OpenCV and Pillow are
+    # not pinned to the benchmark's versions (pip picks the newest that take numpy<2); ONNX Runtime is,
+    # as the CPU package. OpenCV and Pillow are for the image peers (the service's decoder, and Pillow's).
+    "nvidia-pytriton>=0.7,<0.8",
+    "numpy<2",
+    _onnxruntime_pin(),
+    "opencv-python-headless",
+    "pillow",
+)
 PYTRITON = Peer(
     "pytriton",
     "tensor",  # preprocessed tensors in (perf_analyzer's --input-data), no decoder
-    # PyTriton 0.7 (Triton server 2.51, python backend only) needs numpy<2: numpy, OpenCV and Pillow are
-    # not pinned to the benchmark's versions; ONNX Runtime is, as the CPU package.
-    ("nvidia-pytriton>=0.7,<0.8", "numpy<2", _onnxruntime_pin()),
+    _PYTRITON,
     "tensor",
     "/v2/health/ready",
     pinned=(),
 )
 """Triton's server (through PyTriton) on the tensor path, measured with perf_analyzer (loadtest/perf.py)."""
+_TRITON_IMAGE_PATH = "/v2/models/cxr-image/infer"  # loadtest/peer_pytriton_image.py's MODEL_NAME
+_TRITON_SETTINGS = (
+    Setting("max batch 8, 1 instance", 8, 1),
+    Setting("max batch 1, 2 instances", 1, 2),
+    Setting("max batch 8, 2 instances", 8, 2),
+)
+_TRITON_READY = "/v2/models/cxr-image/ready"
+PEERS["pytriton"] = Peer(
+    "pytriton", "service", _PYTRITON, "triton", _TRITON_READY, _TRITON_SETTINGS, (), _TRITON_IMAGE_PATH
+)
+PEERS["pytriton-pillow"] = Peer(
+    "pytriton", "pillow", _PYTRITON, "triton", _TRITON_READY, _TRITON_SETTINGS, (), _TRITON_IMAGE_PATH
+)
 
 
 def requirements(peer: Peer) -> list[str]:
@@ -186,7 +213,23 @@ def command(
             str(bentoml), "serve", "loadtest.peer_bentoml:Classifier", "--host", "127.0.0.1",
             "--port", str(port),
         ], environment  # fmt: skip
+    if peer.framework == "pytriton":
+        return [
+            str(python), "-m", "loadtest.peer_pytriton_image", "--model-dir", str(model_dir),
+            "--decoder", peer.decoder, "--max-batch-size", str(setting.max_batch_size),
+            "--instances", str(setting.workers), "--timeout-s", f"{timeout_s:g}",
+            "--http-port", str(port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port()),
+        ], {"LD_LIBRARY_PATH": libpython_dir(python)}  # fmt: skip
     raise ValueError(f"unknown framework {peer.framework!r}")
+
+
+def libpython_dir(python: Path) -> str:
+    """The lib/ folder of the Python `python`'s venv was made from: PyTriton's python-backend stub may load
+    another libpython than the venv's, so it goes first on LD_LIBRARY_PATH."""
+    base = subprocess.run(
+        [str(python), "-c", "import sys; print(sys.base_prefix)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return str(Path(base) / "lib")
 
 
 @dataclass(frozen=True)
@@ -200,11 +243,51 @@ class _FormSample(Sample):
         return self.form_type
 
 
+@dataclass(frozen=True)
+class _TritonSample(Sample):
+    """A sample as a KServe v2 / Triton inference request: a JSON header naming one BYTES tensor `image` of
+    shape [1, 1], then the tensor's bytes (a 4-byte little-endian length, then the file), with the header's
+    length in `Inference-Header-Content-Length` (Triton's binary tensor data extension). The answer's
+    `result` tensor is asked for as JSON."""
+
+    header_length: int = 0
+
+    @property
+    def content_type(self) -> str:
+        return "application/octet-stream"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Type": self.content_type, "Inference-Header-Content-Length": str(self.header_length)}
+
+
+def _triton_sample(sample: Sample) -> Sample:
+    tensor = len(sample.data).to_bytes(4, "little") + sample.data
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(tensor)},
+                }
+            ],
+            "outputs": [{"name": "result", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
+    return _TritonSample(
+        sample.name, header + tensor, sample.fmt, sample.width, sample.height, header_length=len(header)
+    )
+
+
 def upload_samples(peer: Peer, samples: list[Sample]) -> list[Sample]:
     """The samples as `peer` receives them: as they are, or each as a one-file form (built once, so the
     load generator does the same work per request either way)."""
     if peer.upload == "raw":
         return samples
+    if peer.upload == "triton":
+        return [_triton_sample(sample) for sample in samples]
     boundary = "cxr-bench-" + hashlib.sha256(b"boundary").hexdigest()[:16]
     wrapped: list[Sample] = []
     for sample in samples:

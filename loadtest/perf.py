@@ -263,17 +263,8 @@ def pytriton(
         str(python), "-m", "loadtest.peer_pytriton", "--model", str(model.directory / "model.onnx"),
         "--name", model.name, "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
     ]  # fmt: skip
-    # PyTriton's stub may load another libpython than the venv's: its own lib/ first.
-    base = Path(
-        subprocess.run(
-            [str(python), "-c", "import sys; print(sys.base_prefix)"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
     token = secrets.token_urlsafe(24)
-    env = {"LD_LIBRARY_PATH": str(base / "lib"), "PYTRITON_BENCH_ACCESS_TOKEN": token}
+    env = {"LD_LIBRARY_PATH": peers.libpython_dir(python), "PYTRITON_BENCH_ACCESS_TOKEN": token}
     try:
         with targets.launch(
             "pytriton",

@@ -13,7 +13,7 @@ from service.settings import Settings
 
 TARGETS = (
     "service", "service-b1", "naive", "naive-service-decoder", "peer", "litserve", "bentoml",
-    "litserve-pillow", "bentoml-pillow",
+    "litserve-pillow", "bentoml-pillow", "pytriton", "pytriton-pillow",
 )  # fmt: skip
 DEFAULT_TARGETS = (
     "service",
@@ -24,6 +24,8 @@ DEFAULT_TARGETS = (
     "bentoml",
     "litserve-pillow",
     "bentoml-pillow",
+    "pytriton",
+    "pytriton-pillow",
 )
 """`service-b1` (a whole sweep at max batch 1) only when asked for: the fixed-batch-1 variant measures that
 next to the defaults, which is the comparison that matters. Every peer runs with the service's decoder and

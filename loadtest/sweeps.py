@@ -234,7 +234,7 @@ def _peer(plan: Plan, name: str, rates: list[float]) -> tuple[list[Summary], dic
             raise peers.PeerUnavailable(f"{setting.label}: did not start ({last[0]}; log {log})") from None
         try:
             yield LoadGenerator(
-                Request(running.url + "/classify", full_check=False),
+                Request(running.url + peer.path, full_check=False),
                 samples,
                 timeout_s=timeout_s + _CLIENT_SLACK_S,
             )

@@ -116,11 +116,28 @@ def launch(
             _signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         _signal_group(process.pid, signal.SIGKILL)  # whatever of the group is left once the leader is gone
+        _wait_group_gone(process.pid)
 
 
 def _signal_group(group: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # nothing left in the group
         os.killpg(group, sig)
+
+
+def _wait_group_gone(group: int, timeout_s: float = 10.0) -> None:
+    """Until no live process of `group` is left (a SIGKILLed one takes a moment to die): the next target
+    must not share the CPU with the last one's workers. Zombies waiting for init to reap them are dead."""
+
+    def alive() -> list[psutil.Process]:
+        left = []
+        for candidate in psutil.process_iter(["status"]):
+            with contextlib.suppress(psutil.Error, OSError):  # gone while we looked
+                if os.getpgid(candidate.pid) == group and candidate.info["status"] != psutil.STATUS_ZOMBIE:
+                    left.append(candidate)
+        return left
+
+    with contextlib.suppress(psutil.Error):
+        psutil.wait_procs(alive(), timeout=timeout_s)
 
 
 def service_command(

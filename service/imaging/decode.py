@@ -36,8 +36,12 @@ T = TypeVar("T")
 DEFAULT_MAX_PIXELS = 60_000_000
 
 # libpng/libjpeg warnings about corrupt input go to stderr otherwise; a corrupt upload is answered with
-# a clear error instead, and the log stays one line per request.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+# a clear error instead, and the log stays one line per request. OpenCV 4 (the PyTriton peer's numpy<2
+# environment: OpenCV 5 needs numpy 2) has only the top-level function, with the same levels.
+if hasattr(cv2.utils, "logging"):
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+else:
+    cv2.setLogLevel(2)  # type: ignore[attr-defined]  # LOG_LEVEL_ERROR; OpenCV 5's stubs lack it
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"

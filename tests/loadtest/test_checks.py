@@ -100,3 +100,23 @@ def test_bentoml_list_answer_counts_only_for_peers() -> None:
     assert check_answer(200, body, 1, full=False) is None
     assert check_answer(200, body, 2, full=False) == "1 results for 2 images"
     assert check_answer(200, body, 1, full=True) == "body is not a JSON object"
+
+
+def _triton(data: list[Any], datatype: str = "BYTES", name: str = "result") -> bytes:
+    output = {"name": name, "datatype": datatype, "shape": [1, 1], "data": data}
+    return json.dumps({"model_name": "cxr-image", "model_version": "1", "outputs": [output]}).encode()
+
+
+def test_triton_answer_is_read_from_its_result_tensor() -> None:
+    """The PyTriton image peer answers Triton's JSON; its BYTES tensor `result` holds each image's object,
+    held to the same rule as every other peer's (a wrong label is still wrong)."""
+    item = {"label": "covid", "probabilities": {"covid": 0.9, "non-covid": 0.1}, "threshold": 0.5}
+    assert check_answer(200, _triton([json.dumps(item)]), 1, full=False) is None
+    wrong = {**item, "label": "non-covid"}
+    assert "contradicts" in (check_answer(200, _triton([json.dumps(wrong)]), 1, full=False) or "")
+    assert check_answer(200, _triton([json.dumps({"error": "not a readable image"})]), 1, full=False) == (
+        "result 0: probabilities missing"
+    )
+    for broken in (_triton(["{not json"]), _triton([0.5], datatype="FP32"), _triton(["{}"], name="other")):
+        assert check_answer(200, broken, 1, full=False) == "no results for 1 images"
+    assert check_answer(200, _triton([json.dumps(item)]), 1, full=True) == "no results for 1 images"

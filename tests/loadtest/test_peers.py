@@ -3,6 +3,7 @@ with the reason (results.json and the report), never dropped."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,6 +87,20 @@ def test_peer_whose_install_fails_is_reported_skipped_not_dropped(
     assert bench_report._best_peer({"peer": 3.0, "litserve": 5.0}) == 5.0
 
 
+def test_triton_upload_is_one_bytes_tensor_holding_the_file(image_folder: Path) -> None:
+    """Triton's binary tensor extension: a JSON header of the length the header field says, then the BYTES
+    element (4-byte little-endian length, then the file), `binary_data_size` long."""
+    sample = load_samples([image_folder], formats={"jpeg"})[0]
+    (request,) = peers.upload_samples(peers.PEERS["pytriton"], [sample])
+    length = int(request.headers["Inference-Header-Content-Length"])
+    header, tensor = json.loads(request.data[:length]), request.data[length:]
+    (image,) = header["inputs"]
+    assert (image["name"], image["datatype"], image["shape"]) == ("image", "BYTES", [1, 1])
+    assert image["parameters"]["binary_data_size"] == len(tensor)
+    assert int.from_bytes(tensor[:4], "little") == len(sample.data) and tensor[4:] == sample.data
+    assert request.headers["Content-Type"] == "application/octet-stream"
+
+
 def test_multipart_upload_carries_the_file_unchanged(image_folder: Path) -> None:
     import asyncio
 
@@ -110,7 +125,7 @@ def test_multipart_upload_carries_the_file_unchanged(image_folder: Path) -> None
 
 _STARTED = [
     pytest.param(name, setting, id=f"{name}-{setting.label.replace(' ', '').replace(',', '-')}")
-    for name in ["bentoml", "bentoml-pillow", "litserve-pillow"]
+    for name in ["bentoml", "bentoml-pillow", "litserve-pillow", "pytriton", "pytriton-pillow"]
     for setting in peers.PEERS[name].settings
 ]
 
@@ -134,10 +149,7 @@ def test_peer_answers_from_its_cached_environment(
     ) as running:
         for sample in peers.upload_samples(peer, load_samples([image_folder], formats={"jpeg", "png"})):
             response = httpx.post(
-                running.url + "/classify",
-                content=sample.data,
-                headers={"Content-Type": sample.content_type},
-                timeout=60,
+                running.url + peer.path, content=sample.data, headers=sample.headers, timeout=60
             )
             assert check_answer(response.status_code, response.content, 1, full=False) is None, sample.name
     # Nothing of the peer outlives the bench: its framework's own worker processes neither (LitServe's did).
