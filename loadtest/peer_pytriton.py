@@ -39,6 +39,17 @@ def _session(model: Path) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
+def loopback_config(http_port: int, grpc_port: int, metrics_port: int) -> TritonConfig:
+    """Triton's HTTP and gRPC endpoints on loopback only (a benchmark peer serves nobody else)."""
+    return TritonConfig(
+        http_address="127.0.0.1",
+        http_port=http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="the model.onnx /v2 serves")
@@ -58,13 +69,7 @@ def main() -> int:
     def infer(image: np.ndarray) -> dict[str, Any]:
         return dict(zip(names, session.run(None, {"image": image}), strict=True))
 
-    config = TritonConfig(
-        http_address="127.0.0.1",
-        http_port=args.http_port,
-        grpc_address="127.0.0.1",
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-    )
+    config = loopback_config(args.http_port, args.grpc_port, args.metrics_port)
     outputs = [
         Tensor(name=output.name, dtype=np.float32, shape=tuple(output.shape[1:]))
         for output in session.get_outputs()

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, QueuePolicy, Tensor, TimeoutAction
-from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
+from pytriton.triton import Triton, TritonSecurityConfig
 
+from loadtest.peer_pytriton import loopback_config
 from loadtest.pillow_decode import decode_pillow
 from service.errors import CxrError
 from service.imaging.decode import decode
@@ -110,13 +111,7 @@ def main() -> int:
     instances = [
         Instance(args.model_dir, args.decoder, threads, args.max_batch_size) for _ in range(args.instances)
     ]
-    config = TritonConfig(
-        http_address="127.0.0.1",
-        http_port=args.http_port,
-        grpc_address="127.0.0.1",
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-    )
+    config = loopback_config(args.http_port, args.grpc_port, args.metrics_port)
     # The batcher takes every batch size up to the maximum (a batch of 1 is the max-batch-1 setting), and
     # drops what waited past the timeout, as the service sheds what passed its deadline.
     preferred = [size for size in (2, 4, 8) if size <= args.max_batch_size]
