@@ -120,14 +120,8 @@ def render_card(card: dict[str, Any]) -> str:
         f"3. Lung crop: {'on' if spec['lung_crop'] else 'off'}. A small U-Net ({spec['segmenter_size']} px) segments the lungs;"
         f" the box around the two largest components, widened by {int(spec['lung_margin'] * 100)}%, is the crop. If the mask covers"
         f" less than {int(spec['lung_min_fraction'] * 100)}% of the image the whole trimmed image is used (`lung_crop: fallback`).",
-        f"4. Resize the crop to {spec['input_size']}x{spec['input_size']} (INTER_AREA),"
-        + (
-            f" a grey-level opening with a {spec['thin_opening']}x{spec['thin_opening']} square (removes bright"
-            " structures thinner than that: tubes, wires, leads, text strokes),"
-            if spec.get("thin_opening", 0) > 1
-            else ""
-        )
-        + f" CLAHE (clip {spec['clahe_clip']}, {spec['clahe_tiles']}x{spec['clahe_tiles']} tiles), scale to [0, 1].",
+        f"4. Resize the crop to {spec['input_size']}x{spec['input_size']} (INTER_AREA), CLAHE (clip {spec['clahe_clip']},"
+        f" {spec['clahe_tiles']}x{spec['clahe_tiles']} tiles), scale to [0, 1].",
         "",
         *_segmenter_lines(card),
         "## Training data",

@@ -64,8 +64,6 @@ class TrainOptions:
     """Probability of rendering a training image as a ward film (export.icu), for every label alike."""
     invariance: float = 1.0
     """Weight of the counterfactual penalty (export.invariance); 0 turns the painted pairs off."""
-    thin_opening: int = 0
-    """Grey-level opening before CLAHE (service.imaging.preprocess.remove_thin); 0 turns it off."""
     folds: int = 0
     fold: int = 0
     val_fraction: float = 0.15
@@ -95,7 +93,6 @@ class TrainOptions:
         _check(0 <= self.annotations <= 1, "--annotations must be in [0, 1]")
         _check(0 <= self.icu <= 1, "--icu must be in [0, 1]")
         _check(self.invariance >= 0, "--invariance must be non-negative")
-        _check(self.thin_opening >= 0, "--thin-opening must be non-negative")
         _check(
             not (self.invariance and self.adversary),
             "--adversary needs --invariance 0: the counterfactual pairs and the origin adversary are not combined",

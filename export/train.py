@@ -48,15 +48,7 @@ from export.invariance import InvariantSteps
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
 from export.options import TrainOptions, command_line
 from service.imaging.decode import decode_file
-from service.imaging.preprocess import (
-    Geometry,
-    MaskFn,
-    PreprocessSpec,
-    crop_and_finish,
-    finish,
-    locate,
-    remove_thin,
-)
+from service.imaging.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
 
 if TYPE_CHECKING:
     from export.architectures import Architecture
@@ -134,14 +126,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "and with devices and text painted on, and the squared difference of the two logits is added to the "
         "loss, its weight rising over the first 30 %% of the epochs, from which no epoch is selected (0 turns it "
         "off; not combined with --adversary)",
-    )
-    parser.add_argument(
-        "--thin-opening",
-        type=int,
-        default=0,
-        help="side in input pixels of a grey-level opening applied to every crop before CLAHE, in training "
-        "and serving alike (recorded in the card's preprocessing): it removes bright structures thinner than "
-        "that, tubes, wires, leads and text strokes (0 turns it off)",
     )
     parser.add_argument(
         "--folds",
@@ -274,7 +258,7 @@ def augment(
         borderMode=cv2.BORDER_CONSTANT,
         borderValue=fill,
     )
-    return finish(remove_thin(crop, spec), spec)[:, :, None]
+    return finish(crop, spec)[:, :, None]
 
 
 def sample_weights(examples: Sequence[Example], source_balance: float) -> np.ndarray:
@@ -482,9 +466,7 @@ def load(options: TrainOptions) -> TrainingData:
     labels = LABELS_BINARY if options.task == "binary" else LABELS_THREE
     input_size = options.input_size or REGISTRY[options.arch].input_size
     segmenter = options.segmenter_path
-    spec = PreprocessSpec(
-        input_size=input_size, lung_crop=segmenter is not None, thin_opening=options.thin_opening
-    )
+    spec = PreprocessSpec(input_size=input_size, lung_crop=segmenter is not None)
     segment = Segmenter(segmenter, spec) if segmenter is not None else None
     rows = read_manifest(options.manifest)[: options.limit]
     split = split_by_patient(

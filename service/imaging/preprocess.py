@@ -41,10 +41,6 @@ class PreprocessSpec:
     lung_margin: float = 0.08
     lung_min_fraction: float = 0.08  # mask area / image area below this -> implausible, keep whole image
     segmenter_size: int = 128
-    thin_opening: int = 0
-    """Side, in model-input pixels, of the square of a grey-level opening applied to the crop before CLAHE:
-    it removes bright structures narrower than that (tubes, lines, ECG wires, text strokes) and keeps broad
-    ones (opacities, ribs, the heart). 0 (models trained before it) turns it off."""
 
     def to_dict(self) -> dict[str, float | int | bool]:
         return asdict(self)
@@ -181,25 +177,10 @@ def locate(image: np.ndarray, spec: PreprocessSpec, segment: MaskFn | None) -> G
     return Geometry(image.shape[0], image.shape[1], box, how, lungs)
 
 
-def remove_thin(crop: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """The grey-level opening of `spec.thin_opening` on the resized crop (uint8), or the crop itself.
-
-    Why: a classifier trained on COVID films from ICU patients reads tubes, wires and burned-in text as
-    COVID, and training on painted devices alone did not stop it (the model card's shortcut figures).
-    Devices are thin and bright; the disease is broad. Removing what is thin before the network sees it
-    takes most of a device out of the input (measured with the bundled v2 model before retraining: the
-    median absolute change of p(covid) when held-out devices are painted fell from 0.024 to 0.009).
-    Before CLAHE, so a bright line cannot change the contrast of the tile around it."""
-    if spec.thin_opening <= 1:
-        return crop
-    kernel = np.ones((spec.thin_opening, spec.thin_opening), np.uint8)
-    return cv2.morphologyEx(crop, cv2.MORPH_OPEN, kernel)
-
-
 def crop_and_finish(image: np.ndarray, geometry: Geometry, spec: PreprocessSpec) -> np.ndarray:
     """Steps 4-5: the model input (input_size, input_size, 1) float32."""
     resized = crop_resize(image, geometry.box, spec.input_size)
-    return finish(remove_thin(resized, spec), spec)[:, :, None]
+    return finish(resized, spec)[:, :, None]
 
 
 def preprocess(
