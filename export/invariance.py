@@ -9,6 +9,11 @@ text) painted on (export.icu's TRAIN style); both are classified against the lab
 difference of their logits is added to the loss with weight `invariance` (counterfactual data
 augmentation with a consistency penalty). The pair shares every random choice but the drawing, so the
 penalty sees nothing but what lies on the film.
+
+`units="spread"` divides that mean squared gap by the variance of the batch's logits. Measured in raw
+logits the penalty can be paid by shrinking every logit (a run at weight 3.0 ended with logits so small
+that calibration multiplied them by 8.4, and the calibrated answer moved as much as before); measured in
+units of the batch's spread it cannot: only a smaller move relative to how far apart films lie lowers it.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import numpy as np
 
 class InvariantSteps:
     """Mini-batch steps of (clean, painted) pairs on a compiled Keras classifier: cross-entropy on both
-    halves plus `weight` x the mean squared difference of their logits. One tf.function, traced once."""
+    halves plus `weight` x the mean squared difference of their logits (over the batch's logit variance
+    with `units="spread"`). One tf.function, traced once."""
 
-    def __init__(self, model: Any, loss: Any, weight: float) -> None:
+    def __init__(self, model: Any, loss: Any, weight: float, units: str = "logit") -> None:
         import tensorflow as tf
 
         self.model = model
@@ -30,6 +36,9 @@ class InvariantSteps:
         # A variable, so the weight can ramp up epoch by epoch without retracing the step.
         self.weight = tf.Variable(float(weight), trainable=False, dtype=tf.float32)
         weight_variable = self.weight
+        if units not in ("logit", "spread"):
+            raise ValueError(f"units must be 'logit' or 'spread', not {units!r}")
+        spread = units == "spread"
 
         @tf.function(reduce_retracing=True)
         def step(clean: Any, painted: Any, target: Any, sample_weight: Any) -> tuple[Any, Any]:
@@ -42,6 +51,8 @@ class InvariantSteps:
                 entropy = loss(both_t, logits, sample_weight=both_w)
                 gap = tf.reduce_mean(tf.square(first - second), axis=-1)
                 penalty = tf.reduce_sum(gap * sample_weight) / tf.reduce_sum(sample_weight)
+                if spread:
+                    penalty = penalty / (tf.math.reduce_variance(logits) + 1e-3)
                 total = entropy + weight_variable * penalty
             gradients = tape.gradient(total, model.trainable_variables)
             model.optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))

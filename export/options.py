@@ -64,6 +64,8 @@ class TrainOptions:
     """Probability of rendering a training image as a ward film (export.icu), for every label alike."""
     invariance: float = 1.0
     """Weight of the counterfactual penalty (export.invariance); 0 turns the painted pairs off."""
+    invariance_units: str = "logit"
+    """What the penalty's gap is measured in (export.invariance): "logit" or "spread"."""
     folds: int = 0
     fold: int = 0
     val_fraction: float = 0.15
@@ -93,6 +95,7 @@ class TrainOptions:
         _check(0 <= self.annotations <= 1, "--annotations must be in [0, 1]")
         _check(0 <= self.icu <= 1, "--icu must be in [0, 1]")
         _check(self.invariance >= 0, "--invariance must be non-negative")
+        _check(self.invariance_units in ("logit", "spread"), "--invariance-units must be logit or spread")
         _check(
             not (self.invariance and self.adversary),
             "--adversary needs --invariance 0: the counterfactual pairs and the origin adversary are not combined",

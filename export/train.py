@@ -128,6 +128,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "off; not combined with --adversary)",
     )
     parser.add_argument(
+        "--invariance-units",
+        choices=["logit", "spread"],
+        default="logit",
+        help="what the counterfactual penalty measures the gap in: raw logits, or units of the batch's logit "
+        "spread (its variance), which shrinking every logit cannot lower",
+    )
+    parser.add_argument(
         "--folds",
         type=int,
         default=0,
@@ -521,7 +528,11 @@ def build_network(options: TrainOptions, data: TrainingData) -> Network:
     )
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss)
     fitted, strength = adversarial_model(model, loss) if options.adversary > 0 else (model, None)
-    invariant = InvariantSteps(model, loss, options.invariance) if options.invariance > 0 else None
+    invariant = (
+        InvariantSteps(model, loss, options.invariance, options.invariance_units)
+        if options.invariance > 0
+        else None
+    )
     return Network(REGISTRY[options.arch], model, feature_layer, loss, fitted, strength, invariant)
 
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 
-def gap_after_training(weight: float) -> float:
+def gap_after_training(weight: float, units: str = "logit") -> float:
     import keras
 
     keras.utils.set_random_seed(0)
@@ -25,7 +25,7 @@ def gap_after_training(weight: float) -> float:
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(1)])
     loss = keras.losses.BinaryCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)
-    steps = InvariantSteps(model, loss, weight)
+    steps = InvariantSteps(model, loss, weight, units)
     for _ in range(40):
         steps.epoch(clean, painted, target, np.ones(len(clean), np.float32), 64)
     negatives = target[:, 0] == 0
@@ -38,3 +38,20 @@ def test_the_penalty_shrinks_the_answer_s_move_when_the_stripe_is_painted_on() -
     without = gap_after_training(0.0)
     with_penalty = gap_after_training(5.0)
     assert with_penalty < 0.5 * without, (without, with_penalty)
+
+
+def test_the_penalty_in_units_of_the_logit_spread_also_shrinks_the_move() -> None:
+    without = gap_after_training(0.0)
+    with_penalty = gap_after_training(5.0, "spread")
+    assert with_penalty < 0.5 * without, (without, with_penalty)
+
+
+def test_unknown_units_are_refused() -> None:
+    import keras
+
+    from export.invariance import InvariantSteps
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="units"):
+        InvariantSteps(model, keras.losses.MeanSquaredError(), 1.0, "probability")
