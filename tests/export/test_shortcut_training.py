@@ -156,3 +156,29 @@ def test_crossval_pools_out_of_fold_scores_without_reading_test(
     pooled = result["score_last"]["pooled"]
     assert 0.0 <= pooled["overall"]["auroc"] <= 1.0 and pooled["within_source"]["other"] > 0
     assert len(result["score_selected"]["per_fold"]) == 2
+
+
+def test_the_painted_half_of_a_pair_is_cropped_where_the_segmenter_finds_the_lungs_on_it() -> None:
+    from export.train import augment
+    from service.imaging.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=32, lung_crop=True)
+    film = np.tile(np.linspace(0, 255, 200, dtype=np.float32), (200, 1)).astype(np.uint8)
+    row = Row(Path("a.png"), "a.png", "normal", "", "p:1", "PA")
+    example = Example(row, film, Geometry(200, 200, (20, 20, 180, 180), "mask"), 0)
+
+    def left_lungs(image: np.ndarray) -> np.ndarray:
+        """Two 'lungs' in the left third of whatever it is shown: a box far from the cached one."""
+        mask = np.zeros(image.shape, np.float32)
+        mask[20:180, 5:30] = 1.0
+        mask[20:180, 35:60] = 1.0
+        return mask
+
+    def painted(relocate: object) -> np.ndarray:
+        return augment(
+            example, spec, np.random.default_rng(5), overlay_rng=np.random.default_rng(6), relocate=relocate
+        )
+
+    shared, moved = painted(None), painted(left_lungs)
+    # The film darkens to the left: the crop at the segmenter's left-hand box is darker on the whole.
+    assert moved.mean() < shared.mean() - 0.05
