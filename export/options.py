@@ -68,6 +68,8 @@ class TrainOptions:
     """What the penalty's gap is measured in (export.invariance): "logit" or "spread"."""
     pair_crop: str = "shared"
     """Where the painted half of a pair is cropped: "shared" (the clean film's box) or "relocated"."""
+    pair_geometry: float = 0.0
+    """Probability that the painted half of a pair is also tilted inside borders (export.icu)."""
     folds: int = 0
     fold: int = 0
     val_fraction: float = 0.15
@@ -99,6 +101,7 @@ class TrainOptions:
         _check(self.invariance >= 0, "--invariance must be non-negative")
         _check(self.invariance_units in ("logit", "spread"), "--invariance-units must be logit or spread")
         _check(self.pair_crop in ("shared", "relocated"), "--pair-crop must be shared or relocated")
+        _check(0 <= self.pair_geometry <= 1, "--pair-geometry must be in [0, 1]")
         _check(
             not (self.invariance and self.adversary),
             "--adversary needs --invariance 0: the counterfactual pairs and the origin adversary are not combined",

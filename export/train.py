@@ -43,7 +43,7 @@ from export.dataset import (
     write_split,
 )
 from export.icu import TRAIN as TRAIN_STYLE
-from export.icu import burn_text, icu_film, paint_devices
+from export.icu import burn_text, film_geometry, icu_film, paint_devices
 from export.invariance import InvariantSteps
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
 from export.options import TrainOptions, command_line
@@ -142,6 +142,13 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "at the box the segmenter finds on the painted film, as the service would (relocated)",
     )
     parser.add_argument(
+        "--pair-geometry",
+        type=float,
+        default=0.0,
+        help="probability that the painted half of a counterfactual pair is also tilted inside collimation "
+        "borders (export.icu.film_geometry), so the penalty covers a tilted film too (0 turns it off)",
+    )
+    parser.add_argument(
         "--folds",
         type=int,
         default=0,
@@ -217,6 +224,7 @@ def augment(
     icu: float = 0.0,
     overlay_rng: np.random.Generator | None = None,
     relocate: MaskFn | None = None,
+    pair_geometry: float = 0.0,
 ) -> np.ndarray:
     """A randomly perturbed training input: synthetic annotations (with probability `annotations`), a
     ward film's devices, text, tilt and exposure (with probability `icu`, export.icu's TRAIN style), and
@@ -234,6 +242,9 @@ def augment(
         image = paint_devices(image, box, overlay_rng, TRAIN_STYLE)
         if overlay_rng.random() < 0.5:
             image = burn_text(image, overlay_rng, TRAIN_STYLE)
+        if pair_geometry > 0 and overlay_rng.random() < pair_geometry:
+            # A tilted film inside collimation borders is the same patient: the pair covers that too.
+            image, box = film_geometry(image, box, overlay_rng)
         if relocate is not None:
             # As the service does: the lung box is found again on the painted film, and a device can
             # move it (measured on validation: box IoU 0.92 on average), so the pair also teaches
@@ -639,6 +650,7 @@ def _train_epoch(
                     options.icu,
                     overlay_rng=np.random.default_rng(seed + 1),
                     relocate=data.segment if options.pair_crop == "relocated" else None,
+                    pair_geometry=options.pair_geometry,
                 )
                 for i, seed in zip(order, seeds, strict=True)
             ]

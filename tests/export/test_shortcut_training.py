@@ -182,3 +182,25 @@ def test_the_painted_half_of_a_pair_is_cropped_where_the_segmenter_finds_the_lun
     shared, moved = painted(None), painted(left_lungs)
     # The film darkens to the left: the crop at the segmenter's left-hand box is darker on the whole.
     assert moved.mean() < shared.mean() - 0.05
+
+
+def test_the_painted_half_can_also_be_tilted_inside_borders() -> None:
+    from export.train import augment
+    from service.imaging.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=32, lung_crop=False)
+    film = np.tile(np.linspace(0, 255, 200, dtype=np.float32), (200, 1)).astype(np.uint8)
+    row = Row(Path("a.png"), "a.png", "normal", "", "p:1", "PA")
+    example = Example(row, film, Geometry(200, 200, (20, 20, 180, 180), "off"), 0)
+
+    def painted(pair_geometry: float) -> np.ndarray:
+        return augment(
+            example,
+            spec,
+            np.random.default_rng(5),
+            overlay_rng=np.random.default_rng(6),
+            pair_geometry=pair_geometry,
+        )
+
+    assert np.array_equal(painted(0.0), painted(0.0))  # the pair's streams are reproducible
+    assert not np.array_equal(painted(0.0), painted(1.0))
