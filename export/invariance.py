@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from export.options import INVARIANCE_UNITS
+
 
 class InvariantSteps:
     """Mini-batch steps of (clean, painted) pairs on a compiled Keras classifier: cross-entropy on both
@@ -36,7 +38,7 @@ class InvariantSteps:
         # A variable, so the weight can ramp up epoch by epoch without retracing the step.
         self.weight = tf.Variable(float(weight), trainable=False, dtype=tf.float32)
         weight_variable = self.weight
-        if units not in ("logit", "spread"):
+        if units not in INVARIANCE_UNITS:
             raise ValueError(f"units must be 'logit' or 'spread', not {units!r}")
         spread = units == "spread"
 

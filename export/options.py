@@ -17,6 +17,10 @@ from typing import Any, Self
 
 TASKS = ("binary", "three-class")
 WEIGHTS = ("imagenet",)
+INVARIANCE_UNITS = ("logit", "spread")
+"""What the counterfactual penalty's logit gap is measured in (export.invariance)."""
+PAIR_CROPS = ("shared", "relocated")
+"""Where the painted half of a counterfactual pair is cropped (export.train.augment)."""
 
 
 def command_line(name: str) -> str | None:
@@ -99,8 +103,8 @@ class TrainOptions:
         _check(0 <= self.annotations <= 1, "--annotations must be in [0, 1]")
         _check(0 <= self.icu <= 1, "--icu must be in [0, 1]")
         _check(self.invariance >= 0, "--invariance must be non-negative")
-        _check(self.invariance_units in ("logit", "spread"), "--invariance-units must be logit or spread")
-        _check(self.pair_crop in ("shared", "relocated"), "--pair-crop must be shared or relocated")
+        _check(self.invariance_units in INVARIANCE_UNITS, "--invariance-units must be logit or spread")
+        _check(self.pair_crop in PAIR_CROPS, "--pair-crop must be shared or relocated")
         _check(0 <= self.pair_geometry <= 1, "--pair-geometry must be in [0, 1]")
         _check(
             not (self.invariance and self.adversary),

@@ -46,7 +46,7 @@ from export.icu import TRAIN as TRAIN_STYLE
 from export.icu import burn_text, film_geometry, icu_film, paint_devices
 from export.invariance import InvariantSteps
 from export.metrics import auroc, choose_threshold, mixed_origins, origin_gap, origin_gap_pairs
-from export.options import TrainOptions, command_line
+from export.options import INVARIANCE_UNITS, PAIR_CROPS, TrainOptions, command_line
 from service.imaging.decode import decode_file
 from service.imaging.preprocess import Geometry, MaskFn, PreprocessSpec, crop_and_finish, finish, locate
 
@@ -129,14 +129,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--invariance-units",
-        choices=["logit", "spread"],
+        choices=INVARIANCE_UNITS,
         default="logit",
         help="what the counterfactual penalty measures the gap in: raw logits, or units of the batch's logit "
         "spread (its variance), which shrinking every logit cannot lower",
     )
     parser.add_argument(
         "--pair-crop",
-        choices=["shared", "relocated"],
+        choices=PAIR_CROPS,
         default="shared",
         help="the painted half of a counterfactual pair is cropped at the clean film's lung box (shared) or "
         "at the box the segmenter finds on the painted film, as the service would (relocated)",
@@ -632,6 +632,7 @@ def _train_epoch(
     if network.invariant is not None:
         network.invariant.set_weight(options.invariance * min(1.0, epoch / invariance_ramp(options.epochs)))
         seeds = rng.integers(0, 2**62, size=len(order))
+        relocate = data.segment if options.pair_crop == "relocated" else None
         train_x = np.stack(
             [
                 augment(
@@ -649,7 +650,7 @@ def _train_epoch(
                     options.annotations,
                     options.icu,
                     overlay_rng=np.random.default_rng(seed + 1),
-                    relocate=data.segment if options.pair_crop == "relocated" else None,
+                    relocate=relocate,
                     pair_geometry=options.pair_geometry,
                 )
                 for i, seed in zip(order, seeds, strict=True)
